@@ -1,0 +1,191 @@
+"""Argument validation, in one place, with messages that name the argument.
+
+PyTorch raises ``RuntimeError`` for many argument mistakes where Python convention is
+``ValueError``/``TypeError``. crossent raises exceptions that are *both*: ``ArgumentError``
+subclasses ``ValueError`` and ``RuntimeError``, ``ArgumentTypeError`` subclasses
+``TypeError`` and ``RuntimeError``, so ``except RuntimeError`` code written for PyTorch
+keeps working while new code can catch the precise class. Index errors are ``IndexError``
+as in PyTorch.
+
+Checks that need the *values* of a tensor (target bounds, probabilities in [0, 1]) run
+eagerly on the CPU, where they cost no synchronisation. On accelerators they become
+``torch._assert_async`` device-side assertions, so the hot path never waits for the host.
+"""
+
+from __future__ import annotations
+
+import torch
+
+REDUCTIONS = ("none", "mean", "sum")
+
+
+class ArgumentError(ValueError, RuntimeError):
+    """A bad argument value (PyTorch would raise ``RuntimeError`` or ``ValueError``)."""
+
+
+class ArgumentTypeError(TypeError, RuntimeError):
+    """A bad argument dtype or type (PyTorch would raise ``RuntimeError``)."""
+
+
+class TargetIndexError(IndexError):
+    """A class index outside ``[0, C)`` that is not ``ignore_index``."""
+
+
+def check_reduction(reduction: str, allowed: tuple[str, ...] = REDUCTIONS) -> str:
+    if reduction not in allowed:
+        raise ArgumentError(
+            f"{reduction} is not a valid value for reduction: expected one of {allowed}"
+        )
+    return reduction
+
+
+def check_floating(name: str, tensor: torch.Tensor) -> None:
+    if not isinstance(tensor, torch.Tensor):
+        raise ArgumentTypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if not tensor.is_floating_point():
+        raise ArgumentTypeError(
+            f"{name} must be a floating point tensor (float16, bfloat16, float32, float64), "
+            f"got {tensor.dtype}"
+        )
+
+
+def check_unit_interval(name: str, value: float) -> float:
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise ArgumentError(f"{name} must be between 0.0 and 1.0. Got: {value}")
+    return value
+
+
+def check_positive(name: str, value: float | None, allow_none: bool = True) -> float | None:
+    if value is None and allow_none:
+        return None
+    value = float(value)  # type: ignore[arg-type]
+    if not value > 0.0:
+        raise ArgumentError(f"{name} must be a positive number, got {value}")
+    return value
+
+
+def check_non_negative(name: str, value: float) -> float:
+    value = float(value)
+    if not value >= 0.0:
+        raise ArgumentError(f"{name} must be >= 0, got {value}")
+    return value
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ArgumentError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def check_class_weight(weight: torch.Tensor | None, num_classes: int, like: torch.Tensor) -> None:
+    """``weight`` is ``None`` or a floating ``(C,)`` tensor on the input's device."""
+    if weight is None:
+        return
+    check_floating("weight", weight)
+    if weight.dim() != 1 or weight.numel() != num_classes:
+        raise ArgumentError(
+            f"weight tensor should be defined either for all {num_classes} classes or no "
+            f"classes but got weight tensor of shape: {list(weight.shape)}"
+        )
+    if weight.device != like.device:
+        raise ArgumentError(f"weight is on {weight.device}, expected {like.device} like input")
+
+
+def check_index_target_dtype(target: torch.Tensor) -> None:
+    if target.dtype not in (torch.int64, torch.uint8):
+        raise ArgumentTypeError(
+            f"expected target dtype to be Long or Byte (class indices), but got {target.dtype}"
+        )
+
+
+def check_index_target_shape(input: torch.Tensor, target: torch.Tensor) -> None:
+    """Class-index targets: input ``(C,)`` with target ``()``; ``(N, C, *d)`` with ``(N, *d)``."""
+    if input.dim() == 1:
+        if target.dim() != 0:
+            raise ArgumentError(
+                f"target must be 0-D (a class index) for a 1-D input of shape "
+                f"{list(input.shape)}, got target of shape {list(target.shape)}"
+            )
+        return
+    if target.dim() != input.dim() - 1:
+        raise ArgumentError(
+            f"target must have {input.dim() - 1} dimensions for input of shape "
+            f"{list(input.shape)} (0D or 1D target tensor expected for 2-D input, "
+            f"multi-target not supported), got target of shape {list(target.shape)}"
+        )
+    if input.shape[0] != target.shape[0]:
+        raise ArgumentError(
+            f"Expected input batch_size ({input.shape[0]}) to match target batch_size "
+            f"({target.shape[0]})."
+        )
+    expected = (input.shape[0],) + tuple(input.shape[2:])
+    if tuple(target.shape) != expected:
+        raise ArgumentError(
+            f"Expected target size {list(expected)}, got {list(target.shape)}"
+        )
+
+
+def check_prob_target_shape(input: torch.Tensor, target: torch.Tensor) -> None:
+    if target.shape != input.shape:
+        raise ArgumentError(
+            f"target with class probabilities must have the input's shape "
+            f"{list(input.shape)}, got {list(target.shape)}"
+        )
+
+
+def check_index_bounds(target: torch.Tensor, num_classes: int, ignore_index: int) -> None:
+    """Every class index is in ``[0, num_classes)`` or equals ``ignore_index``.
+
+    Eager on the CPU (``IndexError`` naming the first offending value); a device-side
+    assertion elsewhere, so no host synchronisation.
+    """
+    if target.numel() == 0:
+        return
+    t = target.long() if target.dtype != torch.int64 else target
+    bad = ((t < 0) | (t >= num_classes)) & (t != ignore_index)
+    if t.device.type == "cpu":
+        if bool(bad.any()):
+            first = int(t[bad].flatten()[0])
+            raise TargetIndexError(
+                f"Target {first} is out of bounds: target values must be in "
+                f"[0, {num_classes}) or equal ignore_index={ignore_index}."
+            )
+    else:
+        torch._assert_async(~bad.any(), "crossent: target class index out of bounds")
+
+
+def check_in_unit_interval_values(name: str, tensor: torch.Tensor) -> None:
+    """Every element of ``tensor`` is in [0, 1] (eager on CPU, device assertion elsewhere)."""
+    if tensor.numel() == 0:
+        return
+    bad = (tensor < 0) | (tensor > 1) | torch.isnan(tensor)
+    if tensor.device.type == "cpu":
+        if bool(bad.any()):
+            raise ArgumentError(f"all elements of {name} should be between 0 and 1")
+    else:
+        torch._assert_async(~bad.any(), f"crossent: {name} outside [0, 1]")
+
+
+def check_same_size(input: torch.Tensor, target: torch.Tensor) -> None:
+    if target.shape != input.shape:
+        raise ArgumentError(
+            f"Target size ({target.shape}) must be the same as input size ({input.shape})"
+        )
+
+
+def check_broadcastable(name: str, tensor: torch.Tensor | None, shape: torch.Size) -> None:
+    if tensor is None:
+        return
+    try:
+        out = torch.broadcast_shapes(tensor.shape, shape)
+    except RuntimeError as exc:
+        raise ArgumentError(
+            f"{name} of shape {list(tensor.shape)} cannot be broadcast to the input's shape "
+            f"{list(shape)}"
+        ) from exc
+    if tuple(out) != tuple(shape):
+        raise ArgumentError(
+            f"{name} of shape {list(tensor.shape)} would broadcast the input's shape "
+            f"{list(shape)} to {list(out)}; expected it to broadcast to the input's shape"
+        )

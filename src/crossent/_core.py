@@ -1,0 +1,207 @@
+"""Softmax statistics of given logits, with an analytic, lean backward.
+
+:func:`softmax_statistics` turns logits and a target into per-row tensors::
+
+    lse_i  = logsumexp_c(z_ic)           differentiable
+    dot_i  = sum_c t_ic z_ic             differentiable
+    mass_i = sum_c t_ic                  differentiable (w.r.t. probability targets)
+    entropy_i, argmax_i                  monitoring only (no gradient)
+
+where ``z = softcap(logit_scale * input)`` (``softcap(x) = cap * tanh(x / cap)``,
+Gemma 2; identity when ``cap`` is None) and ``t`` is the target distribution of
+:mod:`crossent._targets`. Every loss is then ordinary arithmetic on these ``(n,)``
+vectors (``loss = mass * lse - dot`` for cross-entropy), so autograd handles the loss
+formulas while this function supplies the ``N x C`` part of the chain rule::
+
+    dL/dz_ic = dL/dlse_i * softmax(z_i)_c + dL/ddot_i * t_ic
+
+The backward keeps only the caller's logits (and probability target) and the ``(n,)``
+log-sum-exp: no ``N x C`` buffer is saved, unlike PyTorch's ``log_softmax`` output.
+Work is done in row chunks in float32 (float64 for float64 inputs), so half inputs
+never accumulate in half precision and temporaries stay bounded.
+
+Layout: input ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dK)``; rows are
+``input.movedim(1, -1).reshape(-1, C)`` and results come back in that row order
+(``target.reshape(-1)``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from . import _stats
+from ._reduction import accumulation_dtype
+from ._targets import ClassIndexTarget, ClassProbTarget
+
+# Rows per chunk are chosen so one chunk holds about this many float elements.
+CHUNK_ELEMENTS = 1 << 22
+
+
+def to_rows(x: torch.Tensor) -> torch.Tensor:
+    """``(C,) -> (1, C)``; ``(N, C) -> (N, C)``; ``(N, C, *d) -> (N * prod(d), C)``."""
+    if x.dim() == 1:
+        return x.unsqueeze(0)
+    if x.dim() == 2:
+        return x
+    return x.movedim(1, -1).reshape(-1, x.shape[1])
+
+
+def from_rows(rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Inverse of :func:`to_rows` for a tensor of the original ``shape``."""
+    if len(shape) == 1:
+        return rows.reshape(shape)
+    if len(shape) == 2:
+        return rows
+    moved = (shape[0],) + tuple(shape[2:]) + (shape[1],)
+    return rows.reshape(moved).movedim(-1, 1)
+
+
+@dataclass(frozen=True)
+class ScoreTransform:
+    """``z = softcap(logit_scale * x)``, and the chain rule back through it."""
+
+    logit_scale: float = 1.0
+    softcap: float | None = None
+
+    def apply(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        z = x.to(dtype)
+        if self.logit_scale != 1.0:
+            z = z * self.logit_scale
+        if self.softcap is not None:
+            z = torch.tanh(z / self.softcap) * self.softcap
+        return z
+
+    def backward_(self, grad_z: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``dL/dx`` from ``dL/dz`` and the transformed scores ``z``, in place."""
+        if self.softcap is not None:
+            grad_z.mul_(1.0 - (z / self.softcap) ** 2)
+        if self.logit_scale != 1.0:
+            grad_z.mul_(self.logit_scale)
+        return grad_z
+
+
+class SoftmaxStatistics(NamedTuple):
+    lse: torch.Tensor
+    dot: torch.Tensor
+    mass: torch.Tensor
+    entropy: torch.Tensor | None
+    argmax: torch.Tensor | None
+
+
+def _chunks(num_rows: int, num_classes: int):
+    step = max(1, CHUNK_ELEMENTS // max(num_classes, 1))
+    for start in range(0, num_rows, step):
+        yield start, min(start + step, num_rows)
+
+
+def _resolve_target(index_target: ClassIndexTarget | None, probs_rows, spec, dtype):
+    """The index target as given, or the probability target built on the rows view."""
+    if index_target is not None:
+        return index_target
+    return ClassProbTarget.build(
+        probs_rows, weight=spec.weight, label_smoothing=spec.label_smoothing, dtype=dtype
+    )
+
+
+@dataclass(frozen=True)
+class _ProbSpec:
+    weight: torch.Tensor | None
+    label_smoothing: float
+
+
+class _SoftmaxStatisticsFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, input, probs, index_target, prob_spec, transform, want_entropy, want_argmax):
+        rows = to_rows(input)
+        num_rows, num_classes = rows.shape
+        acc = accumulation_dtype(input.dtype)
+        probs_rows = to_rows(probs) if probs is not None else None
+        target = _resolve_target(index_target, probs_rows, prob_spec, acc)
+
+        lse = torch.empty(num_rows, dtype=acc, device=input.device)
+        dot = torch.empty_like(lse)
+        entropy = torch.empty_like(lse) if want_entropy else lse.new_empty(0)
+        argmax = torch.empty(num_rows if want_argmax else 0, dtype=torch.int64, device=input.device)
+        for start, end in _chunks(num_rows, num_classes):
+            z = transform.apply(rows[start:end], acc)
+            stats = _stats.tile_stats(
+                z, target.rows(start, end), entropy=want_entropy, argmax=want_argmax
+            )
+            lse[start:end] = _stats.logsumexp(stats)
+            dot[start:end] = stats.dot
+            if want_entropy:
+                entropy[start:end] = _stats.entropy(stats, lse[start:end])
+            if want_argmax:
+                argmax[start:end] = stats.argmax
+        mass = target.mass.clone()
+
+        ctx.save_for_backward(input, probs, lse)
+        ctx.index_target = index_target
+        ctx.prob_spec = prob_spec
+        ctx.transform = transform
+        ctx.mark_non_differentiable(entropy, argmax)
+        return lse, dot, mass, entropy, argmax
+
+    @staticmethod
+    def backward(ctx, grad_lse, grad_dot, grad_mass, _grad_entropy, _grad_argmax):
+        input, probs, lse = ctx.saved_tensors
+        need_input, need_probs = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        rows = to_rows(input)
+        num_rows, num_classes = rows.shape
+        acc = lse.dtype
+        zeros = torch.zeros_like(lse)
+        grad_lse = zeros if grad_lse is None else grad_lse.to(acc)
+        grad_dot = zeros if grad_dot is None else grad_dot.to(acc)
+        grad_mass = zeros if grad_mass is None else grad_mass.to(acc)
+        probs_rows = to_rows(probs) if probs is not None else None
+        target = _resolve_target(ctx.index_target, probs_rows, ctx.prob_spec, acc)
+        transform: ScoreTransform = ctx.transform
+
+        grad_rows = torch.empty_like(rows, memory_format=torch.contiguous_format) if need_input else None
+        grad_probs_rows = (
+            torch.empty(probs_rows.shape, dtype=probs.dtype, device=probs.device) if need_probs else None
+        )
+        for start, end in _chunks(num_rows, num_classes):
+            z = transform.apply(rows[start:end], acc)
+            if need_input:
+                grad_z = torch.exp(z - lse[start:end].unsqueeze(1))
+                grad_z.mul_(grad_lse[start:end].unsqueeze(1))
+                target.rows(start, end).add_scaled_(grad_z, grad_dot[start:end])
+                grad_rows[start:end] = transform.backward_(grad_z, z)
+            if need_probs:
+                grad_probs_rows[start:end] = target.rows(start, end).grad_probs(
+                    z, grad_dot[start:end], grad_mass[start:end]
+                )
+        grad_input = from_rows(grad_rows, input.shape) if need_input else None
+        grad_probs = from_rows(grad_probs_rows, probs.shape) if need_probs else None
+        return grad_input, grad_probs, None, None, None, None, None
+
+
+def softmax_statistics(
+    input: torch.Tensor,
+    target: ClassIndexTarget | torch.Tensor,
+    *,
+    weight: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+    transform: ScoreTransform = ScoreTransform(),
+    entropy: bool = False,
+    argmax: bool = False,
+) -> SoftmaxStatistics:
+    """Per-row ``lse``, ``dot``, ``mass`` (and optionally ``entropy``, ``argmax``).
+
+    ``target`` is a built :class:`ClassIndexTarget` (rows order) or a probability
+    tensor of the input's shape (then ``weight`` and ``label_smoothing`` apply to it).
+    Arguments are assumed validated by the caller.
+    """
+    if isinstance(target, ClassIndexTarget):
+        out = _SoftmaxStatisticsFunction.apply(
+            input, None, target, None, transform, entropy, argmax
+        )
+    else:
+        spec = _ProbSpec(weight, label_smoothing)
+        out = _SoftmaxStatisticsFunction.apply(input, target, None, spec, transform, entropy, argmax)
+    lse, dot, mass, ent, best = out
+    return SoftmaxStatistics(lse, dot, mass, ent if entropy else None, best if argmax else None)

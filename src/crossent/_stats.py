@@ -1,0 +1,88 @@
+"""Streaming softmax statistics: per-row summaries of a tile of scores, and their merge.
+
+This is the one primitive under every loss of the family. Walking the classes in tiles,
+each row keeps::
+
+    m      running max of the scores                       (for a stable exp)
+    l      sum_c exp(z_c - m)                              (so logsumexp = m + log l)
+    dot    sum_c t_c z_c                                   (target-weighted score sum)
+    zexp   sum_c exp(z_c - m) z_c        [optional]        (entropy = lse - zexp / l)
+    argmax index of the largest score    [optional]        (accuracy, monitoring)
+
+and two tiles merge exactly (Milakov & Gimelshein, "Online normalizer calculation for
+softmax", 2018)::
+
+    m = max(m_a, m_b);  l = l_a e^(m_a - m) + l_b e^(m_b - m);  dot = dot_a + dot_b
+
+Rows whose scores are all ``-inf`` keep ``m = -inf``, ``l = 0`` and so ``lse = -inf``
+(as PyTorch's ``logsumexp``); ``exp`` is never evaluated at ``-inf - (-inf)``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from ._targets import ClassIndexTarget, ClassProbTarget
+
+
+class RowStats(NamedTuple):
+    max: torch.Tensor  # (n,)
+    sumexp: torch.Tensor  # (n,)
+    dot: torch.Tensor  # (n,)
+    zexp: torch.Tensor | None  # (n,) or None
+    argmax: torch.Tensor | None  # (n,) int64 or None
+
+
+def _finite_or_zero(m: torch.Tensor) -> torch.Tensor:
+    return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+
+
+def tile_stats(
+    z: torch.Tensor,
+    target: ClassIndexTarget | ClassProbTarget | None,
+    col_start: int = 0,
+    *,
+    entropy: bool = False,
+    argmax: bool = False,
+) -> RowStats:
+    """Statistics of one tile ``z`` (``(n, k)``, accumulation dtype) of columns
+    ``[col_start, col_start + k)``."""
+    m = z.amax(1) if z.shape[1] else torch.full(z.shape[:1], -torch.inf, dtype=z.dtype, device=z.device)
+    e = torch.exp(z - _finite_or_zero(m).unsqueeze(1))
+    sumexp = e.sum(1)
+    dot = target.dot(z, col_start) if target is not None else torch.zeros_like(sumexp)
+    zexp = None
+    if entropy:
+        zexp = torch.where(e > 0, e * z, torch.zeros_like(e)).sum(1)
+    best = z.argmax(1) + col_start if argmax else None
+    return RowStats(m, sumexp, dot, zexp, best)
+
+
+def merge(a: RowStats, b: RowStats) -> RowStats:
+    """Combine the statistics of two disjoint column ranges (``a`` before ``b``)."""
+    m = torch.maximum(a.max, b.max)
+    safe = _finite_or_zero(m)
+    scale_a = torch.exp(_finite_or_zero(a.max) - safe) * (a.max > -torch.inf)
+    scale_b = torch.exp(_finite_or_zero(b.max) - safe) * (b.max > -torch.inf)
+    sumexp = a.sumexp * scale_a + b.sumexp * scale_b
+    zexp = None
+    if a.zexp is not None and b.zexp is not None:
+        zexp = a.zexp * scale_a + b.zexp * scale_b
+    best = None
+    if a.argmax is not None and b.argmax is not None:
+        best = torch.where(b.max > a.max, b.argmax, a.argmax)  # ties keep the first column
+    return RowStats(m, sumexp, a.dot + b.dot, zexp, best)
+
+
+def logsumexp(stats: RowStats) -> torch.Tensor:
+    """``m + log(l)``: ``-inf`` for an empty or all ``-inf`` row."""
+    return _finite_or_zero(stats.max) + torch.log(stats.sumexp)
+
+
+def entropy(stats: RowStats, lse: torch.Tensor) -> torch.Tensor:
+    """Entropy of ``softmax(z)`` in nats: ``lse - sum_c p_c z_c``."""
+    if stats.zexp is None:
+        raise ValueError("entropy needs statistics gathered with entropy=True")
+    return lse - stats.zexp / stats.sumexp

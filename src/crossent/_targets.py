@@ -1,0 +1,205 @@
+"""Targets as (unnormalised) target distributions over classes, seen tile by tile.
+
+Every member of the family scores a row ``z_i`` (``C`` classes) against a target
+distribution ``t_i``; the loss and its gradient are::
+
+    loss_i     = s_i * logsumexp(z_i) - sum_c t_ic z_ic         with  s_i = sum_c t_ic
+    dloss_i/dz = s_i * softmax(z_i) - t_i
+
+A target object knows ``t`` without ever materialising it as an ``N x C`` tensor; it
+answers, for a tile of rows and a range of columns ``[col_start, col_start + k)``:
+
+- ``mass``                      the row masses ``s_i``                     ``(n,)``
+- ``dot(z_tile, col_start)``    the partial sums ``sum_c t_ic z_ic``       ``(n,)``
+- ``add_scaled_(g, coef, col)`` ``g += coef[:, None] * t[:, tile]``      in place
+- ``rows(start, end)``          the same target for a slice of rows
+- ``mean_denominator()``        PyTorch's 'mean' denominator for this kind of target
+
+Two kinds (PyTorch's ``cross_entropy`` semantics, label smoothing ``eps`` over ``C``
+classes, class weight ``w`` (all ones when absent), ``W = sum_c w_c``):
+
+- :class:`ClassIndexTarget`: ``t_ic = [y_i != ignore] * ((1-eps) w_{y_i} [c = y_i] + eps/C w_c)``;
+  'mean' divides by ``sum_i [y_i != ignore] w_{y_i}``.
+- :class:`ClassProbTarget`: ``t_ic = w_c ((1-eps) q_ic + eps/C)``; 'mean' divides by the
+  number of rows.
+
+Szegedy et al., "Rethinking the Inception Architecture for Computer Vision" (2016), for
+label smoothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class ClassIndexTarget:
+    """Class-index targets ``y`` (``(n,)`` int64), one row of ``t`` per index."""
+
+    index: torch.Tensor  # (n,) int64, ignore_index replaced by 0 (safe to gather)
+    valid: torch.Tensor  # (n,) bool, y != ignore_index
+    target_weight: torch.Tensor  # (n,) acc dtype, w[y] on valid rows, 0 elsewhere
+    mass: torch.Tensor  # (n,) acc dtype, s_i
+    weight: torch.Tensor | None  # (C,) acc dtype or None
+    num_classes: int
+    label_smoothing: float
+
+    @classmethod
+    def build(
+        cls,
+        target: torch.Tensor,
+        num_classes: int,
+        *,
+        weight: torch.Tensor | None,
+        ignore_index: int,
+        label_smoothing: float,
+        dtype: torch.dtype,
+    ) -> "ClassIndexTarget":
+        index = target.reshape(-1).long()
+        valid = index != ignore_index
+        safe = torch.where(valid, index, torch.zeros_like(index))
+        if weight is not None:
+            weight = weight.to(dtype)
+            target_weight = weight.gather(0, safe) * valid
+            total_weight = weight.sum()
+        else:
+            target_weight = valid.to(dtype)
+            total_weight = float(num_classes)
+        eps = float(label_smoothing)
+        mass = (1.0 - eps) * target_weight
+        if eps:
+            mass = mass + valid.to(dtype) * (eps / num_classes * total_weight)
+        return cls(safe, valid, target_weight, mass, weight, num_classes, eps)
+
+    def rows(self, start: int, end: int) -> "ClassIndexTarget":
+        return ClassIndexTarget(
+            self.index[start:end],
+            self.valid[start:end],
+            self.target_weight[start:end],
+            self.mass[start:end],
+            self.weight,
+            self.num_classes,
+            self.label_smoothing,
+        )
+
+    def _local(self, col_start: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Index of each row's class inside the tile, and whether it falls in the tile."""
+        local = self.index - col_start
+        in_tile = self.valid & (local >= 0) & (local < width)
+        return local.clamp(0, max(width - 1, 0)), in_tile
+
+    def dot(self, z: torch.Tensor, col_start: int = 0) -> torch.Tensor:
+        """``sum_{c in tile} t_ic z_ic`` for a tile ``z`` of shape ``(n, k)``."""
+        width = z.shape[1]
+        local, in_tile = self._local(col_start, width)
+        picked = z.gather(1, local.unsqueeze(1)).squeeze(1)
+        zero = torch.zeros((), dtype=z.dtype, device=z.device)
+        out = torch.where(in_tile, (1.0 - self.label_smoothing) * self.target_weight * picked, zero)
+        if self.label_smoothing:
+            if self.weight is None:
+                spread = z.sum(1)
+            else:
+                spread = z @ self.weight[col_start:col_start + width].to(z.dtype)
+            out = out + torch.where(
+                self.valid, (self.label_smoothing / self.num_classes) * spread, zero
+            )
+        return out
+
+    def add_scaled_(self, grad: torch.Tensor, coef: torch.Tensor, col_start: int = 0) -> None:
+        """``grad += coef[:, None] * t[:, col_start:col_start + k]`` in place."""
+        width = grad.shape[1]
+        local, in_tile = self._local(col_start, width)
+        scaled = torch.where(
+            in_tile, coef * ((1.0 - self.label_smoothing) * self.target_weight), 0.0
+        ).to(grad.dtype)
+        grad.scatter_add_(1, local.unsqueeze(1), scaled.unsqueeze(1))
+        if self.label_smoothing:
+            spread = (coef * self.valid * (self.label_smoothing / self.num_classes)).to(grad.dtype)
+            if self.weight is None:
+                grad.add_(spread.unsqueeze(1))
+            else:
+                w = self.weight[col_start:col_start + width].to(grad.dtype)
+                grad.addcmul_(spread.unsqueeze(1), w.unsqueeze(0))
+
+    def mean_denominator(self) -> torch.Tensor:
+        return self.target_weight.sum()
+
+
+@dataclass
+class ClassProbTarget:
+    """Class-probability targets ``q`` (``(n, C)``), PyTorch's soft-label semantics."""
+
+    probs: torch.Tensor  # (n, C), the caller's dtype (a view of the caller's tensor)
+    weight: torch.Tensor | None  # (C,) acc dtype or None
+    mass: torch.Tensor  # (n,) acc dtype
+    label_smoothing: float
+    dtype: torch.dtype
+
+    @classmethod
+    def build(
+        cls,
+        probs: torch.Tensor,
+        *,
+        weight: torch.Tensor | None,
+        label_smoothing: float,
+        dtype: torch.dtype,
+    ) -> "ClassProbTarget":
+        num_classes = probs.shape[1]
+        eps = float(label_smoothing)
+        q = probs.detach().to(dtype)
+        if weight is not None:
+            weight = weight.to(dtype)
+            mass = (1.0 - eps) * (q @ weight) + eps / num_classes * weight.sum()
+        else:
+            mass = (1.0 - eps) * q.sum(1) + eps
+        return cls(probs.detach(), weight, mass, eps, dtype)
+
+    @property
+    def valid(self) -> torch.Tensor:
+        return torch.ones(self.probs.shape[0], dtype=torch.bool, device=self.probs.device)
+
+    def rows(self, start: int, end: int) -> "ClassProbTarget":
+        return ClassProbTarget(
+            self.probs[start:end], self.weight, self.mass[start:end], self.label_smoothing, self.dtype
+        )
+
+    def tile(self, col_start: int, width: int) -> torch.Tensor:
+        """``t[:, col_start:col_start + width]`` in the accumulation dtype."""
+        num_classes = self.probs.shape[1]
+        eps = self.label_smoothing
+        t = self.probs[:, col_start:col_start + width].to(self.dtype)
+        if eps:
+            t = (1.0 - eps) * t + eps / num_classes
+        if self.weight is not None:
+            t = t * self.weight[col_start:col_start + width]
+        return t
+
+    def dot(self, z: torch.Tensor, col_start: int = 0) -> torch.Tensor:
+        return (self.tile(col_start, z.shape[1]).to(z.dtype) * z).sum(1)
+
+    def add_scaled_(self, grad: torch.Tensor, coef: torch.Tensor, col_start: int = 0) -> None:
+        t = self.tile(col_start, grad.shape[1]).to(grad.dtype)
+        grad.addcmul_(coef.to(grad.dtype).unsqueeze(1), t)
+
+    def grad_probs(
+        self, z: torch.Tensor, grad_dot: torch.Tensor, grad_mass: torch.Tensor, col_start: int = 0
+    ) -> torch.Tensor:
+        """Gradient w.r.t. ``q`` of ``grad_dot . dot + grad_mass . mass`` on a tile.
+
+        ``d t_ic / d q_ic = (1 - eps) w_c``, so the result is
+        ``(1 - eps) w_c (grad_dot_i z_ic + grad_mass_i)``.
+        """
+        width = z.shape[1]
+        g = grad_dot.unsqueeze(1) * z + grad_mass.unsqueeze(1)
+        g = g * (1.0 - self.label_smoothing)
+        if self.weight is not None:
+            g = g * self.weight[col_start:col_start + width]
+        return g
+
+    def mean_denominator(self) -> torch.Tensor:
+        return torch.tensor(float(self.probs.shape[0]), dtype=self.dtype, device=self.probs.device)
+
+
+Target = ClassIndexTarget | ClassProbTarget

@@ -1,0 +1,238 @@
+"""Multi-class losses on logits: softmax, log-softmax, NLL and cross-entropy.
+
+Signatures and semantics are those of ``torch.nn.functional``; the cross-entropy runs
+on the shared softmax-statistics core (:mod:`crossent._core`), so its backward keeps no
+``N x C`` buffer, and it adds what PyTorch lacks: z-loss, logit soft-capping, a logit
+scale (inverse temperature), per-row statistics, and a NaN-free 'mean' when every
+target is ignored.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch.nn import _reduction as _legacy
+
+from . import _checks
+from ._core import ScoreTransform, softmax_statistics, to_rows
+from ._reduction import accumulation_dtype, reduce_rows
+from ._targets import ClassIndexTarget
+
+__all__ = [
+    "softmax",
+    "log_softmax",
+    "nll_loss",
+    "cross_entropy",
+    "CrossEntropyStats",
+]
+
+
+def softmax(input: torch.Tensor, dim: int | None = None, _stacklevel: int = 3,
+            dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``softmax(x)_i = exp(x_i) / sum_j exp(x_j)`` along ``dim``; as ``F.softmax``.
+
+    Delegates to PyTorch's fused kernel (which already subtracts the row max); kept here
+    so the whole family is one import. See :func:`crossent.reference.softmax`.
+    """
+    if dtype is None:
+        _checks.check_floating("input", input)
+    return F.softmax(input, dim=dim, _stacklevel=_stacklevel + 1, dtype=dtype)
+
+
+def log_softmax(input: torch.Tensor, dim: int | None = None, _stacklevel: int = 3,
+                dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``log_softmax(x)_i = x_i - logsumexp(x)`` along ``dim``; as ``F.log_softmax``.
+
+    The log-sum-exp form never overflows, unlike ``log(softmax(x))`` which gives
+    ``-inf``/NaN once a logit difference passes ~88 (float32) or ~709 (float64).
+    """
+    if dtype is None:
+        _checks.check_floating("input", input)
+    return F.log_softmax(input, dim=dim, _stacklevel=_stacklevel + 1, dtype=dtype)
+
+
+def _legacy_reduction(size_average, reduce, reduction: str) -> str:
+    if size_average is not None or reduce is not None:
+        return _legacy.legacy_get_string(size_average, reduce)
+    return reduction
+
+
+def _check_input(input: torch.Tensor) -> None:
+    _checks.check_floating("input", input)
+    if input.dim() == 0:
+        raise _checks.ArgumentError(
+            "input must have at least one dimension (the classes), got a 0-D tensor"
+        )
+
+
+def _index_target(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+) -> ClassIndexTarget:
+    """Validate class-index ``target`` against ``input`` and build it in row order."""
+    _checks.check_index_target_dtype(target)
+    _checks.check_index_target_shape(input, target)
+    num_classes = input.shape[0] if input.dim() == 1 else input.shape[1]
+    _checks.check_class_weight(weight, num_classes, input)
+    _checks.check_index_bounds(target, num_classes, ignore_index)
+    return ClassIndexTarget.build(
+        target,
+        num_classes,
+        weight=weight,
+        ignore_index=int(ignore_index),
+        label_smoothing=label_smoothing,
+        dtype=accumulation_dtype(input.dtype),
+    )
+
+
+def nll_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    size_average: bool | None = None,
+    ignore_index: int = -100,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    *,
+    all_ignored: str = "nan",
+) -> torch.Tensor:
+    """Negative log-likelihood of class indices given log-probabilities; as ``F.nll_loss``.
+
+    ``loss_i = -w[y_i] * input[i, y_i]`` (0 where ``y_i == ignore_index``); 'mean'
+    divides by ``sum_i w[y_i]`` over non-ignored rows.
+
+    Shapes: input ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dK)`` of log-probabilities;
+    target ``()``, ``(N,)`` or ``(N, d1, ..., dK)`` int64/uint8 class indices.
+    """
+    reduction = _checks.check_reduction(_legacy_reduction(size_average, reduce, reduction))
+    _check_input(input)
+    spec = _index_target(input, target, weight, ignore_index, 0.0)
+    # Pick the target's log-probability along the class dimension without moving the
+    # input (no copy of a K-dimensional input): gather saves only the index.
+    acc = accumulation_dtype(input.dtype)
+    if input.dim() == 1:
+        picked = input.to(acc).gather(0, spec.index)
+    else:
+        index = spec.index.reshape((input.shape[0],) + tuple(input.shape[2:])).unsqueeze(1)
+        picked = input.gather(1, index).squeeze(1).to(acc).reshape(-1)
+    zero = torch.zeros((), dtype=acc, device=input.device)
+    row_loss = torch.where(spec.valid, -spec.target_weight * picked, zero)
+    row_loss = row_loss.reshape(target.shape)
+    return reduce_rows(row_loss, reduction, spec.mean_denominator(), all_ignored=all_ignored)
+
+
+class CrossEntropyStats(NamedTuple):
+    """Per-row statistics from the same pass as the loss (no gradient), target-shaped.
+
+    ``lse``: log-sum-exp of the (transformed) logits; ``entropy``: entropy of the
+    predicted distribution in nats; ``argmax``: predicted class (int64).
+    ``accuracy`` is ``(argmax == target)`` on non-ignored rows, for class-index targets.
+    """
+
+    lse: torch.Tensor
+    entropy: torch.Tensor
+    argmax: torch.Tensor
+
+
+def cross_entropy(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    size_average: bool | None = None,
+    ignore_index: int = -100,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    *,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    logit_scale: float = 1.0,
+    return_stats: bool = False,
+    all_ignored: str = "nan",
+):
+    """Cross-entropy between logits and class indices or class probabilities.
+
+    As ``F.cross_entropy``: with ``z = softcap(logit_scale * input)`` and the target
+    distribution ``t`` (one-hot of ``y`` times ``w[y]``, mixed with ``eps/C * w`` by label
+    smoothing; or ``w * ((1-eps) q + eps/C)`` for probabilities ``q``)::
+
+        loss_i = sum_c t_ic * (logsumexp(z_i) - z_ic) + z_loss * logsumexp(z_i)^2
+
+    'mean' divides by ``sum_i w[y_i]`` over non-ignored rows for class indices (PyTorch's
+    weighted mean, shared by the smoothing term), by the number of rows for probabilities.
+
+    Extras beyond PyTorch:
+        z_loss: coefficient of the PaLM auxiliary loss ``log^2 Z`` (Chowdhery et al. 2022,
+            sec. 5), which keeps the softmax normaliser near 1; applied to non-ignored rows
+            and reduced like the main term.
+        softcap: Gemma 2 logit soft-capping ``cap * tanh(z / cap)`` (Gemma Team 2024).
+        logit_scale: multiplies the logits first (``1/T`` for a temperature ``T``).
+        return_stats: also return :class:`CrossEntropyStats` from the same pass.
+        all_ignored: ``'nan'`` (PyTorch's 0/0 when every target is ignored) or ``'zero'``.
+
+    Shapes: input ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dK)``; target ``()``, ``(N,)``,
+    ``(N, d1, ..., dK)`` class indices (int64/uint8) or probabilities of input's shape.
+    Returns the loss in float32 for float16/bfloat16 input (input dtype otherwise).
+    """
+    reduction = _checks.check_reduction(_legacy_reduction(size_average, reduce, reduction))
+    _check_input(input)
+    if not isinstance(target, torch.Tensor):
+        raise _checks.ArgumentTypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    label_smoothing = _checks.check_unit_interval("label_smoothing", label_smoothing)
+    z_loss = _checks.check_non_negative("z_loss", z_loss)
+    softcap = _checks.check_positive("softcap", softcap)
+    logit_scale = _checks.check_positive("logit_scale", logit_scale, allow_none=False)
+    transform = ScoreTransform(logit_scale=logit_scale, softcap=softcap)
+
+    if target.is_floating_point():
+        if ignore_index != -100:
+            raise _checks.ArgumentError(
+                f"ignore_index is not supported for floating point target (got ignore_index="
+                f"{ignore_index}); class-probability targets cannot be ignored"
+            )
+        if target.dim() != input.dim():
+            raise _checks.ArgumentTypeError(
+                f"expected target dtype to be Long or Byte for class indices, but got "
+                f"{target.dtype}; a float target holds class probabilities and must have "
+                f"the input's shape {list(input.shape)}, got {list(target.shape)}"
+            )
+        _checks.check_prob_target_shape(input, target)
+        num_classes = input.shape[0] if input.dim() == 1 else input.shape[1]
+        _checks.check_class_weight(weight, num_classes, input)
+        stats = softmax_statistics(
+            input, target, weight=weight, label_smoothing=label_smoothing, transform=transform,
+            entropy=return_stats, argmax=return_stats,
+        )
+        valid = None
+        denominator = torch.tensor(
+            float(to_rows(input).shape[0]), dtype=stats.lse.dtype, device=input.device
+        )
+        row_shape = input.shape[:1] + input.shape[2:] if input.dim() > 1 else ()
+    else:
+        spec = _index_target(input, target, weight, ignore_index, label_smoothing)
+        stats = softmax_statistics(
+            input, spec, transform=transform, entropy=return_stats, argmax=return_stats
+        )
+        valid = spec.valid
+        denominator = spec.mean_denominator()
+        row_shape = target.shape
+
+    row_loss = stats.mass * stats.lse - stats.dot
+    if z_loss:
+        row_loss = row_loss + z_loss * stats.lse.square()
+    if valid is not None:
+        row_loss = torch.where(valid, row_loss, torch.zeros((), dtype=row_loss.dtype, device=row_loss.device))
+    loss = reduce_rows(row_loss.reshape(row_shape), reduction, denominator, all_ignored=all_ignored)
+    if not return_stats:
+        return loss
+    extra = CrossEntropyStats(
+        stats.lse.detach().reshape(row_shape),
+        stats.entropy.reshape(row_shape),
+        stats.argmax.reshape(row_shape),
+    )
+    return loss, extra
