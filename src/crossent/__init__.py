@@ -6,15 +6,61 @@ the extras PyTorch lacks. ``crossent.reference`` holds the plain float64 definit
 """
 
 from . import reference
-from .multiclass import CrossEntropyStats, cross_entropy, log_softmax, nll_loss, softmax
+from ._checks import ArgumentError, ArgumentTypeError, TargetIndexError
+from .losses import (
+    CrossEntropyStats,
+    binary_cross_entropy,
+    binary_cross_entropy_with_logits,
+    cross_entropy,
+    distillation_loss,
+    focal_loss,
+    js_div,
+    kl_div,
+    log_softmax,
+    nll_loss,
+    poly1_cross_entropy,
+    sigmoid_focal_loss,
+    softmax,
+)
+from .nn import (
+    BCELoss,
+    BCEWithLogitsLoss,
+    CrossEntropyLoss,
+    DistillationLoss,
+    FocalLoss,
+    JSDivLoss,
+    KLDivLoss,
+    NLLLoss,
+    Poly1CrossEntropyLoss,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "reference",
+    "ArgumentError",
+    "ArgumentTypeError",
+    "TargetIndexError",
     "softmax",
     "log_softmax",
     "nll_loss",
     "cross_entropy",
     "CrossEntropyStats",
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "sigmoid_focal_loss",
+    "kl_div",
+    "js_div",
+    "distillation_loss",
+    "focal_loss",
+    "poly1_cross_entropy",
+    "CrossEntropyLoss",
+    "NLLLoss",
+    "BCELoss",
+    "BCEWithLogitsLoss",
+    "KLDivLoss",
+    "JSDivLoss",
+    "FocalLoss",
+    "Poly1CrossEntropyLoss",
+    "DistillationLoss",
 ]

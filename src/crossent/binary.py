@@ -1,0 +1,157 @@
+"""Binary cross-entropy on probabilities and on logits, and the sigmoid focal loss.
+
+A binary label is the two-class case of the family: ``sigmoid(x)`` is the softmax of
+the logits ``(0, x)``. PyTorch's semantics are kept exactly, including its clamp of
+``log`` at ``-100`` in :func:`binary_cross_entropy` and the gradient it uses there,
+``(p - y) / max(p (1 - p), 1e-12)``. Half inputs are computed in float32 and the loss is
+returned in float32.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import _reduction as _legacy
+
+from . import _checks
+from ._reduction import accumulation_dtype, reduce_rows
+
+__all__ = ["binary_cross_entropy", "binary_cross_entropy_with_logits", "sigmoid_focal_loss"]
+
+_LOG_FLOOR = -100.0  # PyTorch clamps log(p) and log(1 - p) here
+_GRAD_EPS = 1e-12  # PyTorch's floor on p (1 - p) in the backward
+
+
+def _reduction_of(size_average, reduce, reduction: str) -> str:
+    if size_average is not None or reduce is not None:
+        reduction = _legacy.legacy_get_string(size_average, reduce)
+    return _checks.check_reduction(reduction)
+
+
+class _BinaryCrossEntropyFunction(torch.autograd.Function):
+    """Elementwise ``-w (y log p + (1 - y) log(1 - p))`` with PyTorch's clamps."""
+
+    @staticmethod
+    def forward(ctx, p, y, w):
+        acc = accumulation_dtype(p.dtype)
+        pa, ya = p.to(acc), y.to(acc)
+        log_p = torch.log(pa).clamp_min(_LOG_FLOOR)
+        log_q = torch.log1p(-pa).clamp_min(_LOG_FLOOR)
+        loss = -(ya * log_p + (1.0 - ya) * log_q)
+        if w is not None:
+            loss = loss * w.to(acc)
+        ctx.save_for_backward(p, y, w)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad):
+        p, y, w = ctx.saved_tensors
+        acc = grad.dtype
+        pa, ya = p.to(acc), y.to(acc)
+        scale = grad if w is None else grad * w.to(acc)
+        grad_p = grad_y = None
+        if ctx.needs_input_grad[0]:
+            grad_p = (scale * (pa - ya) / (pa * (1.0 - pa)).clamp_min(_GRAD_EPS)).to(p.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_y = (-scale * (torch.log(pa) - torch.log1p(-pa))).to(y.dtype)
+        return grad_p, grad_y, None
+
+
+def binary_cross_entropy(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Binary cross-entropy of probabilities ``p = input`` for labels ``y = target``.
+
+    ``loss = -w * (y * max(log p, -100) + (1 - y) * max(log(1 - p), -100))``, elementwise
+    then reduced ('mean' over all elements). Shapes: input and target identical, any
+    shape; ``weight`` broadcastable to it. Same as ``F.binary_cross_entropy``.
+    """
+    reduction = _reduction_of(size_average, reduce, reduction)
+    _checks.check_floating("input", input)
+    _checks.check_floating("target", target)
+    if target.shape != input.shape:
+        raise _checks.ArgumentError(
+            f"Using a target size ({target.shape}) that is different to the input size "
+            f"({input.shape}) is deprecated. Please ensure target has the same size as input."
+        )
+    _checks.check_broadcastable("weight", weight, input.shape)
+    _checks.check_in_unit_interval_values("input", input.detach())
+    w = weight.expand(input.shape) if weight is not None else None
+    loss = _BinaryCrossEntropyFunction.apply(input, target, w)
+    return reduce_rows(loss, reduction)
+
+
+def _log_sigmoid_parts(x: torch.Tensor) -> torch.Tensor:
+    """``softplus(-x) = -log sigmoid(x)``, stable for any ``x``."""
+    return torch.log1p(torch.exp(-x.abs())) + torch.clamp_min(-x, 0.0)
+
+
+def binary_cross_entropy_with_logits(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    pos_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Binary cross-entropy on logits ``x`` (sigmoid fused in), as
+    ``F.binary_cross_entropy_with_logits``::
+
+        loss = w * ((1 - y) x + (1 + (pw - 1) y) * softplus(-x))
+             = -w * (pw * y * log sigmoid(x) + (1 - y) * log(1 - sigmoid(x)))
+
+    ``pos_weight`` (``pw``) broadcasts along the last (class) dimension for multi-label
+    problems; ``weight`` broadcasts to the input. Never overflows: ``softplus(-x)`` is
+    computed as ``log1p(exp(-|x|)) + max(-x, 0)``.
+    """
+    reduction = _reduction_of(size_average, reduce, reduction)
+    _checks.check_floating("input", input)
+    _checks.check_floating("target", target)
+    _checks.check_same_size(input, target)
+    _checks.check_broadcastable("weight", weight, input.shape)
+    _checks.check_broadcastable("pos_weight", pos_weight, input.shape)
+    acc = accumulation_dtype(input.dtype)
+    x, y = input.to(acc), target.to(acc)
+    softplus_neg = _log_sigmoid_parts(x)
+    if pos_weight is not None:
+        log_weight = 1.0 + (pos_weight.to(acc) - 1.0) * y
+        loss = (1.0 - y) * x + log_weight * softplus_neg
+    else:
+        loss = (1.0 - y) * x + softplus_neg
+    if weight is not None:
+        loss = loss * weight.to(acc)
+    return reduce_rows(loss, reduction)
+
+
+def sigmoid_focal_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    reduction: str = "none",
+) -> torch.Tensor:
+    """Sigmoid focal loss (Lin et al., "Focal Loss for Dense Object Detection", 2017).
+
+    With ``p = sigmoid(x)``, ``p_t = p y + (1 - p)(1 - y)`` and
+    ``alpha_t = alpha y + (1 - alpha)(1 - y)`` (no alpha term when ``alpha < 0``)::
+
+        loss = alpha_t * (1 - p_t)^gamma * BCEWithLogits(x, y)
+
+    Same defaults and semantics as ``torchvision.ops.sigmoid_focal_loss``.
+    """
+    reduction = _checks.check_reduction(reduction)
+    _checks.check_non_negative("gamma", gamma)
+    ce = binary_cross_entropy_with_logits(input, target, reduction="none")
+    acc = ce.dtype
+    p = torch.sigmoid(input.to(acc))
+    y = target.to(acc)
+    p_t = p * y + (1.0 - p) * (1.0 - y)
+    loss = ce * (1.0 - p_t) ** gamma
+    if alpha >= 0:
+        loss = (alpha * y + (1.0 - alpha) * (1.0 - y)) * loss
+    return reduce_rows(loss, reduction)

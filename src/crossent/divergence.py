@@ -1,0 +1,158 @@
+"""Divergences between distributions: KL (as ``F.kl_div``), Jensen-Shannon, distillation.
+
+Conventions follow ``F.kl_div``: ``input`` holds log-probabilities of the model ``p``;
+``target`` holds probabilities ``q`` (log-probabilities with ``log_target=True``)::
+
+    kl_div(input, target) = sum q (log q - input) = KL(q || p)     (0 log 0 = 0)
+
+'batchmean' divides the sum by the batch size (the mathematical KL per example); 'mean'
+divides by the number of elements, as PyTorch does.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+from torch.nn import _reduction as _legacy
+
+from . import _checks
+from ._reduction import accumulation_dtype, reduce_rows
+from .multiclass import cross_entropy
+
+__all__ = ["kl_div", "js_div", "distillation_loss"]
+
+_KL_REDUCTIONS = ("none", "mean", "sum", "batchmean")
+
+
+def _batchmean_or(reduction: str, loss: torch.Tensor, batch: int) -> torch.Tensor:
+    if reduction == "batchmean":
+        total = loss.sum()
+        return total / batch if loss.dim() else total
+    return reduce_rows(loss, reduction)
+
+
+def kl_div(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    log_target: bool = False,
+) -> torch.Tensor:
+    """Kullback-Leibler divergence ``KL(target || exp(input))``, elementwise then reduced.
+
+    ``loss = target * (log(target) - input)`` (``exp(target) * (target - input)`` with
+    ``log_target``). Shapes: input and target broadcast (as in PyTorch); any shape.
+    """
+    if size_average is not None or reduce is not None:
+        reduction = _legacy.legacy_get_string(size_average, reduce)
+    _checks.check_reduction(reduction, _KL_REDUCTIONS)
+    _checks.check_floating("input", input)
+    _checks.check_floating("target", target)
+    if reduction == "mean":
+        warnings.warn(
+            "reduction: 'mean' divides the total loss by both the batch size and the support "
+            "size. 'batchmean' divides only by the batch size, and aligns with the KL div math "
+            "definition.",
+            UserWarning,
+            stacklevel=2,
+        )
+    acc = accumulation_dtype(torch.promote_types(input.dtype, target.dtype))
+    x, t = input.to(acc), target.to(acc)
+    if log_target:
+        loss = torch.exp(t) * (t - x)
+    else:
+        loss = torch.xlogy(t, t) - t * x
+    return _batchmean_or(reduction, loss, input.shape[0] if input.dim() else 1)
+
+
+def js_div(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    reduction: str = "batchmean",
+    log_target: bool = False,
+) -> torch.Tensor:
+    """Jensen-Shannon divergence between ``p = exp(input)`` and the target ``q``.
+
+    ``JS(p, q) = KL(p || m) / 2 + KL(q || m) / 2`` with ``m = (p + q) / 2``, elementwise
+    terms then reduced like :func:`kl_div` (summed over the last dimension for 'none').
+    Symmetric, finite, at most ``log 2`` per distribution (Lin 1991). ``input`` holds
+    log-probabilities; ``target`` probabilities (log-probabilities with ``log_target``).
+    """
+    _checks.check_reduction(reduction, _KL_REDUCTIONS)
+    _checks.check_floating("input", input)
+    _checks.check_floating("target", target)
+    acc = accumulation_dtype(torch.promote_types(input.dtype, target.dtype))
+    log_p = input.to(acc)
+    if log_target:
+        log_q = target.to(acc)
+    else:
+        log_q = torch.log(target.to(acc))
+    log_m = torch.logaddexp(log_p, log_q) - math.log(2.0)
+    p, q = torch.exp(log_p), torch.exp(log_q)
+    zero = torch.zeros((), dtype=acc, device=input.device)
+    term_p = torch.where(p > 0, p * (log_p - log_m), zero)
+    term_q = torch.where(q > 0, q * (log_q - log_m), zero)
+    loss = 0.5 * (term_p + term_q)
+    if reduction == "none":
+        return loss.sum(-1) if loss.dim() else loss
+    return _batchmean_or(reduction, loss, input.shape[0] if input.dim() > 1 else 1)
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    target: torch.Tensor | None = None,
+    *,
+    temperature: float = 1.0,
+    alpha: float = 0.5,
+    reduction: str = "batchmean",
+    ignore_index: int = -100,
+) -> torch.Tensor:
+    """Knowledge distillation (Hinton, Vinyals & Dean, "Distilling the Knowledge in a
+    Neural Network", 2015).
+
+    With ``q = softmax(teacher / T)`` (no gradient to the teacher) and
+    ``p = softmax(student / T)``::
+
+        soft_i = T^2 * KL(q_i || p_i)                  (T^2 keeps gradient scale)
+        loss   = alpha * soft + (1 - alpha) * cross_entropy(student, target)
+
+    Without ``target`` the loss is ``soft`` alone. Shapes: logits ``(N, C)``; target
+    ``(N,)`` class indices. 'batchmean' averages over rows (the hard term uses
+    cross-entropy's 'mean'), 'sum' sums, 'none' returns per-row losses.
+    The soft term runs on the cross-entropy core (``logit_scale = 1/T`` and a probability
+    target), so no ``N x C`` log-softmax is kept for the backward.
+    """
+    _checks.check_reduction(reduction, ("none", "sum", "batchmean"))
+    temperature = _checks.check_positive("temperature", temperature, allow_none=False)
+    alpha = _checks.check_unit_interval("alpha", alpha)
+    _checks.check_floating("student_logits", student_logits)
+    _checks.check_floating("teacher_logits", teacher_logits)
+    if teacher_logits.shape != student_logits.shape or student_logits.dim() != 2:
+        raise _checks.ArgumentError(
+            f"student_logits and teacher_logits must both be (N, C); got "
+            f"{list(student_logits.shape)} and {list(teacher_logits.shape)}"
+        )
+    acc = accumulation_dtype(student_logits.dtype)
+    log_q = torch.log_softmax(teacher_logits.detach().to(acc) / temperature, dim=1)
+    q = log_q.exp()
+    teacher_entropy = -(q * log_q).sum(1)
+    cross = cross_entropy(student_logits, q, reduction="none", logit_scale=1.0 / temperature)
+    soft = temperature**2 * (cross - teacher_entropy)
+    if target is None:
+        per_row = soft
+        hard = None
+    else:
+        hard = cross_entropy(student_logits, target, reduction="none", ignore_index=ignore_index)
+        per_row = alpha * soft + (1.0 - alpha) * hard
+    if reduction == "none":
+        return per_row
+    if reduction == "sum":
+        return per_row.sum()
+    if hard is None:
+        return soft.mean()
+    valid = (target != ignore_index).sum().to(acc)
+    return alpha * soft.mean() + (1.0 - alpha) * hard.sum() / valid

@@ -1,0 +1,101 @@
+"""Variants of softmax cross-entropy that reshape the per-row loss: focal and poly-1.
+
+Both are functions of ``log p_t`` (the log-probability of the target class) computed on
+the shared core, so they inherit its lean backward, ``ignore_index`` and class weights:
+
+- focal (Lin et al., "Focal Loss for Dense Object Detection", 2017)::
+
+      loss_i = -alpha_{y_i} * (1 - p_t)^gamma * log p_t
+
+- poly-1 (Leng et al., "PolyLoss: A Polynomial Expansion Perspective of Classification
+  Loss Functions", 2022)::
+
+      loss_i = CE_i + epsilon * (1 - p_t),   p_t = sum_c t_c p_c
+
+Class weights ``w`` multiply each row's loss by ``w[y_i]`` and 'mean' divides by
+``sum_i w[y_i]`` over non-ignored rows, exactly like ``F.cross_entropy``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _checks
+from ._core import softmax_statistics, to_rows
+from ._reduction import reduce_rows
+from .multiclass import _check_input, _index_target
+
+__all__ = ["focal_loss", "poly1_cross_entropy"]
+
+
+def _zero(like: torch.Tensor) -> torch.Tensor:
+    return torch.zeros((), dtype=like.dtype, device=like.device)
+
+
+def focal_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    gamma: float = 2.0,
+    alpha: float | torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Softmax focal loss on logits ``(N, C[, d...])`` and class indices ``(N[, d...])``.
+
+    ``alpha`` is None (no balancing), a float applied to every class, or a ``(C,)``
+    tensor indexed by the target. ``gamma = 0`` with no alpha is cross-entropy.
+    (For the sigmoid form see :func:`crossent.sigmoid_focal_loss`.)
+    """
+    reduction = _checks.check_reduction(reduction)
+    gamma = _checks.check_non_negative("gamma", gamma)
+    _check_input(input)
+    spec = _index_target(input, target, weight, ignore_index, 0.0)
+    plain = _index_target(input, target, None, ignore_index, 0.0)  # t = one-hot(y)
+    stats = softmax_statistics(input, plain)
+    log_pt = stats.dot - stats.lse
+    modulating = (-torch.expm1(log_pt)).clamp_min(0.0) ** gamma if gamma else 1.0
+    row_loss = -modulating * log_pt * spec.target_weight
+    if alpha is not None:
+        if isinstance(alpha, torch.Tensor):
+            num_classes = input.shape[0] if input.dim() == 1 else input.shape[1]
+            if alpha.shape != (num_classes,):
+                raise _checks.ArgumentError(
+                    f"alpha must be a float or a ({num_classes},) tensor, got shape {list(alpha.shape)}"
+                )
+            row_loss = row_loss * alpha.to(row_loss.dtype).gather(0, spec.index)
+        else:
+            row_loss = row_loss * float(alpha)
+    row_loss = torch.where(spec.valid, row_loss, _zero(row_loss)).reshape(target.shape)
+    return reduce_rows(row_loss, reduction, spec.mean_denominator())
+
+
+def poly1_cross_entropy(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    epsilon: float = 1.0,
+    weight: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Poly-1 cross-entropy on logits and class indices.
+
+    ``CE_i`` is ``F.cross_entropy``'s per-row term (weights, smoothing); ``p_t`` uses the
+    smoothed one-hot target, ``p_t = (1 - eps_ls) p_{y_i} + eps_ls / C``, and the poly
+    term is scaled by ``w[y_i]`` like the rest of the row.
+    """
+    reduction = _checks.check_reduction(reduction)
+    label_smoothing = _checks.check_unit_interval("label_smoothing", label_smoothing)
+    _check_input(input)
+    spec = _index_target(input, target, weight, ignore_index, label_smoothing)
+    stats = softmax_statistics(input, spec)
+    ce_row = stats.mass * stats.lse - stats.dot
+    rows = to_rows(input)
+    picked = rows.gather(1, spec.index.unsqueeze(1)).squeeze(1).to(stats.lse.dtype)
+    p_y = torch.exp(picked - stats.lse)
+    num_classes = rows.shape[1]
+    p_t = (1.0 - label_smoothing) * p_y + label_smoothing / num_classes
+    row_loss = ce_row + float(epsilon) * (1.0 - p_t) * spec.target_weight
+    row_loss = torch.where(spec.valid, row_loss, _zero(row_loss)).reshape(target.shape)
+    return reduce_rows(row_loss, reduction, spec.mean_denominator())
