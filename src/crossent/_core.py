@@ -91,6 +91,13 @@ class SoftmaxStatistics(NamedTuple):
     argmax: torch.Tensor | None
 
 
+def _softmax_into(z: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """``softmax(z, 1)``, written into ``out`` when given (PyTorch's fused kernel)."""
+    if out is None:
+        return torch.softmax(z, 1)
+    return torch._softmax(z, 1, False, out=out)
+
+
 def _chunks(num_rows: int, num_classes: int):
     step = max(1, CHUNK_ELEMENTS // max(num_classes, 1))
     for start in range(0, num_rows, step):
@@ -167,10 +174,14 @@ class _SoftmaxStatisticsFunction(torch.autograd.Function):
         for start, end in _chunks(num_rows, num_classes):
             z = transform.apply(rows[start:end], acc)
             if need_input:
-                grad_z = torch.exp(z - lse[start:end].unsqueeze(1))
+                # Write softmax straight into the gradient buffer when dtypes allow.
+                direct = grad_rows.dtype == acc
+                grad_z = _softmax_into(z, grad_rows[start:end] if direct else None)
                 grad_z.mul_(grad_lse[start:end].unsqueeze(1))
                 target.rows(start, end).add_scaled_(grad_z, grad_dot[start:end])
-                grad_rows[start:end] = transform.backward_(grad_z, z)
+                transform.backward_(grad_z, z)
+                if not direct:
+                    grad_rows[start:end] = grad_z
             if need_probs:
                 grad_probs_rows[start:end] = target.rows(start, end).grad_probs(
                     z, grad_dot[start:end], grad_mass[start:end]

@@ -49,14 +49,17 @@ def tile_stats(
 ) -> RowStats:
     """Statistics of one tile ``z`` (``(n, k)``, accumulation dtype) of columns
     ``[col_start, col_start + k)``."""
-    m = z.amax(1) if z.shape[1] else torch.full(z.shape[:1], -torch.inf, dtype=z.dtype, device=z.device)
+    dot = target.dot(z, col_start) if target is not None else z.new_zeros(z.shape[0])
+    best = z.argmax(1) + col_start if argmax else None
+    if not entropy:
+        # (m, l) = (logsumexp, 1) is a valid state (m + log l = lse), and PyTorch's fused
+        # logsumexp is faster than max / exp / sum written out.
+        lse = torch.logsumexp(z, 1)
+        return RowStats(lse, torch.ones_like(lse), dot, None, best)
+    m = z.amax(1) if z.shape[1] else z.new_full(z.shape[:1], -torch.inf)
     e = torch.exp(z - _finite_or_zero(m).unsqueeze(1))
     sumexp = e.sum(1)
-    dot = target.dot(z, col_start) if target is not None else torch.zeros_like(sumexp)
-    zexp = None
-    if entropy:
-        zexp = torch.where(e > 0, e * z, torch.zeros_like(e)).sum(1)
-    best = z.argmax(1) + col_start if argmax else None
+    zexp = torch.where(e > 0, e * z, torch.zeros_like(e)).sum(1)
     return RowStats(m, sumexp, dot, zexp, best)
 
 

@@ -130,8 +130,8 @@ class CrossEntropyStats(NamedTuple):
     """Per-row statistics from the same pass as the loss (no gradient), target-shaped.
 
     ``lse``: log-sum-exp of the (transformed) logits; ``entropy``: entropy of the
-    predicted distribution in nats; ``argmax``: predicted class (int64).
-    ``accuracy`` is ``(argmax == target)`` on non-ignored rows, for class-index targets.
+    predicted distribution in nats; ``argmax``: predicted class (int64), so accuracy is
+    ``(stats.argmax == target)[target != ignore_index].float().mean()``.
     """
 
     lse: torch.Tensor
