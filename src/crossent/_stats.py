@@ -89,3 +89,32 @@ def entropy(stats: RowStats, lse: torch.Tensor) -> torch.Tensor:
     if stats.zexp is None:
         raise ValueError("entropy needs statistics gathered with entropy=True")
     return lse - stats.zexp / stats.sumexp
+
+
+def tile_stats_(
+    z: torch.Tensor,
+    target: ClassIndexTarget | ClassProbTarget | None,
+    col_start: int = 0,
+    *,
+    entropy: bool = False,
+    argmax: bool = False,
+) -> RowStats:
+    """:func:`tile_stats` that reuses ``z``'s storage: on return ``z`` holds
+    ``exp(z - m)`` (``m`` the row max), ready to become ``softmax`` by one division.
+
+    For fused passes that need the exponentials next (a gradient tile) and cannot
+    afford a second tile-sized buffer. Only ``entropy=True`` allocates a temporary.
+    """
+    if z.shape[1] == 0:
+        return tile_stats(z, target, col_start, entropy=entropy, argmax=argmax)
+    dot = target.dot(z, col_start) if target is not None else z.new_zeros(z.shape[0])
+    best = z.argmax(1) + col_start if argmax else None
+    m = z.amax(1)
+    safe = _finite_or_zero(m).unsqueeze(1)
+    zexp = None
+    if entropy:
+        e = torch.exp(z - safe)
+        zexp = torch.where(e > 0, e * z, torch.zeros((), dtype=z.dtype, device=z.device)).sum(1)
+        del e
+    z.sub_(safe).exp_()
+    return RowStats(m, z.sum(1), dot, zexp, best)

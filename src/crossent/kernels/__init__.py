@@ -1,0 +1,15 @@
+"""Backends of the fused linear cross-entropy, behind one small contract.
+
+A backend is a module with ``run(problem, plan, *, row_scale, lse, need_x, need_w,
+need_b, entropy, argmax) -> LinearResult`` (see :mod:`crossent.kernels.torch_chunked`
+for the contract in full). :mod:`crossent.kernels.dispatch` picks one by name or by
+device and chooses the tile sizes from a memory budget.
+
+- ``"torch"``: plain PyTorch, tiles over tokens and vocabulary; any device.
+- ``"triton"``: Triton kernels that form logit tiles on chip (CUDA, or the CPU under
+  ``TRITON_INTERPRET=1``).
+"""
+
+from .dispatch import BACKENDS, TilePlan, get_backend, plan_tiles
+
+__all__ = ["BACKENDS", "TilePlan", "get_backend", "plan_tiles"]

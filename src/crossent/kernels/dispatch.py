@@ -1,0 +1,112 @@
+"""Backend choice and tile sizes for the fused linear cross-entropy.
+
+Tile sizes follow a memory budget: the ``rows x cols`` logit tiles (float32, times the
+number of tile-sized buffers a pass keeps alive) must fit in ``memory_budget`` bytes.
+Whole vocabulary rows are preferred (one pass: stats and gradients from one matmul);
+when fewer than :data:`MIN_BAND_ROWS` whole rows fit, the vocabulary is tiled as well
+(two passes: statistics merged over tiles, then gradients from the log-sum-exp). Tall
+row bands matter on CPU, where each band re-reads and re-writes the whole ``V x H``
+weight gradient.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+
+import torch
+
+from .._checks import ArgumentError
+
+DEFAULT_MEMORY_BUDGET = 32 << 20  # bytes of logit tiles
+MIN_BAND_ROWS = 128
+MIN_VOCAB_TILE = 256
+
+BACKENDS = ("torch", "triton")
+_MODULES = {"torch": "crossent.kernels.torch_chunked", "triton": "crossent.kernels.triton_linear"}
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """``rows`` tokens by ``cols`` classes per logit tile."""
+
+    rows: int
+    cols: int
+
+    def fused(self, num_classes: int) -> bool:
+        """Whole rows per tile: statistics and gradients come from one matmul."""
+        return self.cols >= num_classes
+
+
+def _positive(name: str, value: int | None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ArgumentError(f"{name} must be a positive int or None, got {value!r}")
+    return value
+
+
+def plan_tiles(
+    num_rows: int,
+    num_classes: int,
+    *,
+    buffers: int = 1,
+    element_size: int = 4,
+    memory_budget: int | None = None,
+    token_chunk_size: int | None = None,
+    vocab_chunk_size: int | None = None,
+) -> TilePlan:
+    """Tile sizes whose ``buffers`` float tiles fit ``memory_budget`` bytes.
+
+    Explicit ``token_chunk_size`` / ``vocab_chunk_size`` override the budget.
+    """
+    budget = _positive("memory_budget", memory_budget) or DEFAULT_MEMORY_BUDGET
+    token = _positive("token_chunk_size", token_chunk_size)
+    vocab = _positive("vocab_chunk_size", vocab_chunk_size)
+    n, v = max(num_rows, 1), max(num_classes, 1)
+    elements = max(1, budget // (buffers * element_size))
+    if token is not None and vocab is not None:
+        return TilePlan(min(token, n), min(vocab, v))
+    if vocab is not None:
+        cols = min(vocab, v)
+        return TilePlan(min(n, max(1, elements // cols)), cols)
+    if token is not None:
+        rows = min(token, n)
+        return TilePlan(rows, min(v, max(1, elements // rows)))
+    whole = elements // v
+    if whole >= min(n, MIN_BAND_ROWS):
+        return TilePlan(min(n, whole), v)
+    rows = min(n, MIN_BAND_ROWS, max(1, elements // MIN_VOCAB_TILE))
+    return TilePlan(rows, min(v, max(1, elements // rows)))
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def resolve_backend(name: str, device: torch.device) -> str:
+    """``'auto'``: Triton on CUDA when installed, plain PyTorch elsewhere."""
+    if name == "auto":
+        return "triton" if device.type == "cuda" and triton_available() else "torch"
+    if name not in BACKENDS:
+        raise ArgumentError(f"backend must be one of {('auto',) + BACKENDS}, got {name!r}")
+    if name == "triton":
+        interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+        if not triton_available():
+            raise ArgumentError("backend='triton' needs the triton package (pip install triton)")
+        if device.type != "cuda" and not interpreted:
+            raise ArgumentError(
+                f"backend='triton' runs on CUDA tensors (or on CPU with TRITON_INTERPRET=1); "
+                f"got tensors on {device}"
+            )
+    return name
+
+
+def get_backend(name: str):
+    """The backend module for a resolved name."""
+    return importlib.import_module(_MODULES[name])

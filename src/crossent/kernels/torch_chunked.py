@@ -1,0 +1,255 @@
+"""Plain-PyTorch backend of the fused linear cross-entropy: logit tiles, never logits.
+
+Scores are ``z = softcap(logit_scale * (x @ W.T + b))`` for hidden states ``x``
+``(N, H)``, output weight ``W`` ``(V, H)`` and bias ``b`` ``(V,)``. For a target
+distribution ``t`` (:mod:`crossent._targets`) with row mass ``s_i``::
+
+    loss_i   = s_i * lse_i - sum_c t_ic z_ic + z_loss * lse_i^2
+    dloss/dz = (s_i + 2 z_loss lse_i) * softmax(z_i) - t_i
+
+and with ``G = r[:, None] * dloss/dz`` chained back through the soft-cap
+(``1 - tanh^2``) and the scale, for per-row upstream gradients ``r``::
+
+    dx = G @ W          dW = G.T @ x          db = G.sum(0)
+
+The backend walks ``plan.rows``-token bands and ``plan.cols``-class tiles. With whole
+rows per tile (``plan.fused``) one matmul gives the statistics and, in the same buffer,
+the gradient tile; otherwise statistics are merged across tiles
+(:func:`crossent._stats.merge`) and a second pass recomputes each tile against the
+final log-sum-exp. ``dW`` and ``db`` accumulate in float32 in place (``addmm_``);
+``dx`` is formed band by band. Memory beyond the outputs: the tile buffer(s) and, when
+the vocabulary is tiled, one ``rows x H`` float32 accumulator.
+
+Wijmans et al., "Cut Your Losses in Large-Vocabulary Language Models" (2024) and Hsu et
+al., "Liger Kernel" (2024) describe the same idea on GPUs.
+
+Contract shared with the Triton backend: :func:`run` takes a :class:`LinearProblem`,
+a :class:`~crossent.kernels.dispatch.TilePlan` and
+
+- ``row_scale`` ``(N,)`` acc dtype or None: the ``r`` above (None: statistics only);
+- ``lse`` ``(N,)`` or None: known log-sum-exp (then only gradients are formed);
+
+and returns a :class:`LinearResult`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from .. import _stats
+from .._core import ScoreTransform
+from .._reduction import accumulation_dtype
+from .._targets import ClassIndexTarget, ClassProbTarget
+from .dispatch import TilePlan
+
+
+@dataclass
+class LinearProblem:
+    """One fused linear cross-entropy: 2-D ``x``, ``weight`` ``(V, H)``, optional ``bias``."""
+
+    x: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    target: ClassIndexTarget | ClassProbTarget
+    transform: ScoreTransform
+    z_loss: float
+
+    @property
+    def acc(self) -> torch.dtype:
+        return accumulation_dtype(self.x.dtype)
+
+
+class LinearResult(NamedTuple):
+    lse: torch.Tensor | None
+    dot: torch.Tensor | None
+    entropy: torch.Tensor | None
+    argmax: torch.Tensor | None
+    grad_x: torch.Tensor | None  # x's dtype
+    grad_weight: torch.Tensor | None  # float32 (float64 for float64 input)
+    grad_bias: torch.Tensor | None  # float32 (float64 for float64 input)
+
+
+def tile_buffers(transform: ScoreTransform, *, grads: bool, entropy: bool, probs: bool) -> int:
+    """How many tile-sized float buffers a pass keeps alive (for the budget)."""
+    return 1 + int(grads and transform.softcap is not None) + int(entropy) + int(probs)
+
+
+class _Operands:
+    """Matmul operands in the dtype the device multiplies best, cast once."""
+
+    def __init__(self, p: LinearProblem):
+        acc = p.acc
+        on_cpu = p.x.device.type == "cpu"
+        # CPU multiplies half precision slowly (emulated): cast W once, as PyTorch's
+        # "accurate" policy does. Elsewhere multiply natively and upcast the tile.
+        self.mm_dtype = acc if on_cpu else p.x.dtype
+        self.weight = p.weight if p.weight.dtype == self.mm_dtype else p.weight.to(self.mm_dtype)
+        self.bias = None if p.bias is None else p.bias.to(acc)
+        self.acc = acc
+
+    def x(self, xb: torch.Tensor) -> torch.Tensor:
+        return xb if xb.dtype == self.mm_dtype else xb.to(self.mm_dtype)
+
+    def logits_(self, out: torch.Tensor, xb: torch.Tensor, c0: int, transform: ScoreTransform,
+                keep_tanh: bool) -> torch.Tensor | None:
+        """``out = transform(xb @ W[c0:].T + b)``; returns ``tanh(.)`` when soft-capping
+        and ``keep_tanh`` (for the chain rule), else None."""
+        k = out.shape[1]
+        wt = self.weight[c0:c0 + k]
+        if self.mm_dtype == self.acc:
+            torch.mm(xb, wt.T, out=out)
+        else:
+            out.copy_(xb @ wt.T)
+        if self.bias is not None:
+            out.add_(self.bias[c0:c0 + k])
+        if transform.logit_scale != 1.0:
+            out.mul_(transform.logit_scale)
+        if transform.softcap is None:
+            return None
+        out.div_(transform.softcap).tanh_()
+        u = out.clone() if keep_tanh else None
+        out.mul_(transform.softcap)
+        return u
+
+    def matmul(self, g: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if self.mm_dtype == self.acc:
+            return g @ b
+        return (g.to(self.mm_dtype) @ b).to(self.acc)
+
+
+class _Sinks:
+    """Where gradient tiles go: ``dx`` band, float32 ``dW`` and ``db`` accumulators."""
+
+    def __init__(self, p: LinearProblem, need_x: bool, need_w: bool, need_b: bool):
+        acc, dev = p.acc, p.x.device
+        self.grad_x = torch.empty_like(p.x, memory_format=torch.contiguous_format) if need_x else None
+        self.grad_w = torch.zeros(p.weight.shape, dtype=acc, device=dev) if need_w else None
+        self.grad_b = torch.zeros(p.weight.shape[0], dtype=acc, device=dev) if need_b and p.bias is not None else None
+
+    @property
+    def any(self) -> bool:
+        return self.grad_x is not None or self.grad_w is not None or self.grad_b is not None
+
+    def add_tile(self, ops: _Operands, g: torch.Tensor, xb: torch.Tensor, c0: int,
+                 gx_acc: torch.Tensor | None) -> None:
+        k = g.shape[1]
+        if gx_acc is not None:
+            if ops.mm_dtype == ops.acc:
+                gx_acc.addmm_(g, ops.weight[c0:c0 + k])
+            else:
+                gx_acc.add_(ops.matmul(g, ops.weight[c0:c0 + k]))
+        if self.grad_w is not None:
+            if ops.mm_dtype == ops.acc:
+                self.grad_w[c0:c0 + k].addmm_(g.T, xb)
+            else:
+                self.grad_w[c0:c0 + k].add_(ops.matmul(g.T, xb))
+        if self.grad_b is not None:
+            self.grad_b[c0:c0 + k].add_(g.sum(0))
+
+
+def _gradient_tile_(e: torch.Tensor, u: torch.Tensor | None, p_coef: torch.Tensor,
+                    t_coef: torch.Tensor, target, c0: int, transform: ScoreTransform) -> torch.Tensor:
+    """``e`` (exponentials, ``p = e * p_coef / r-part``) becomes ``dL/d(xW^T+b)`` in place:
+    ``e * p_coef + t_coef * t``, times ``1 - tanh^2`` and the logit scale."""
+    e.mul_(p_coef.unsqueeze(1))
+    target.add_scaled_(e, t_coef, c0)
+    if u is not None:
+        e.mul_(u.square_().neg_().add_(1.0))
+    if transform.logit_scale != 1.0:
+        e.mul_(transform.logit_scale)
+    return e
+
+
+def _bands(n: int, rows: int):
+    for start in range(0, n, rows):
+        yield start, min(start + rows, n)
+
+
+def run(
+    p: LinearProblem,
+    plan: TilePlan,
+    *,
+    row_scale: torch.Tensor | None = None,
+    lse: torch.Tensor | None = None,
+    need_x: bool = True,
+    need_w: bool = True,
+    need_b: bool = True,
+    entropy: bool = False,
+    argmax: bool = False,
+) -> LinearResult:
+    """Statistics (when ``lse`` is None) and gradients (when ``row_scale`` is given)."""
+    n, v = p.x.shape[0], p.weight.shape[0]
+    acc, dev = p.acc, p.x.device
+    ops = _Operands(p)
+    grads = row_scale is not None
+    sinks = _Sinks(p, need_x and grads, need_w and grads, need_b and grads)
+    grads = grads and sinks.any
+    want_stats = lse is None
+    fused = plan.fused(v)
+    if want_stats:
+        lse = torch.empty(n, dtype=acc, device=dev)
+        dot = torch.empty_like(lse)
+        ent = torch.empty_like(lse) if entropy else None
+        best = torch.empty(n, dtype=torch.int64, device=dev) if argmax else None
+    else:
+        dot = ent = best = None
+    keep_tanh = grads and p.transform.softcap is not None
+    buf = torch.empty(min(plan.rows, n), min(plan.cols, v), dtype=acc, device=dev)
+    gx_acc_buf = (
+        torch.empty(min(plan.rows, n), p.x.shape[1], dtype=acc, device=dev)
+        if grads and sinks.grad_x is not None and not fused else None
+    )
+    mass = p.target.mass
+    for s, e in _bands(n, plan.rows):
+        xb = ops.x(p.x[s:e])
+        tgt = p.target.rows(s, e)
+        if want_stats:
+            stats = None
+            for c0 in range(0, v, plan.cols):
+                tile = buf[: e - s, : min(plan.cols, v - c0)]
+                u = ops.logits_(tile, xb, c0, p.transform, keep_tanh and fused)
+                part = _stats.tile_stats_(tile, tgt, c0, entropy=entropy, argmax=argmax)
+                stats = part if stats is None else _stats.merge(stats, part)
+            band_lse = _stats.logsumexp(stats)
+            lse[s:e] = band_lse
+            dot[s:e] = stats.dot
+            if entropy:
+                ent[s:e] = _stats.entropy(stats, band_lse)
+            if argmax:
+                best[s:e] = stats.argmax
+        if not grads:
+            continue
+        band_lse = lse[s:e]
+        r = row_scale[s:e].to(acc)
+        p_coef = r * (mass[s:e] + 2.0 * p.z_loss * band_lse)
+        if want_stats and fused:
+            # The tile still holds exp(z - m): softmax is one division away.
+            tile = buf[: e - s]
+            g = _gradient_tile_(tile, u, p_coef / stats.sumexp, -r, tgt, 0, p.transform)
+            if sinks.grad_x is not None:
+                gx = sinks.grad_x[s:e]
+                if gx.dtype == acc and ops.mm_dtype == acc:
+                    torch.mm(g, ops.weight, out=gx)
+                else:
+                    gx.copy_(ops.matmul(g, ops.weight))
+            sinks.add_tile(ops, g, xb, 0, None)
+            continue
+        gx_acc = None
+        if gx_acc_buf is not None:
+            gx_acc = gx_acc_buf[: e - s].zero_()
+        for c0 in range(0, v, plan.cols):
+            tile = buf[: e - s, : min(plan.cols, v - c0)]
+            u = ops.logits_(tile, xb, c0, p.transform, keep_tanh)
+            tile.sub_(band_lse.unsqueeze(1)).exp_()
+            g = _gradient_tile_(tile, u, p_coef, -r, tgt, c0, p.transform)
+            if gx_acc is None and sinks.grad_x is not None:  # one tile: write dx directly
+                sinks.grad_x[s:e].copy_(ops.matmul(g, ops.weight[c0:c0 + g.shape[1]]))
+            sinks.add_tile(ops, g, xb, c0, gx_acc)
+        if gx_acc is not None:
+            sinks.grad_x[s:e].copy_(gx_acc)
+    return LinearResult(
+        lse if want_stats else None, dot, ent, best, sinks.grad_x, sinks.grad_w, sinks.grad_b
+    )

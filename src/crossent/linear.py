@@ -1,0 +1,399 @@
+"""Fused linear cross-entropy: the output layer and the loss, without the logits.
+
+``linear_cross_entropy(x, W, y)`` equals ``cross_entropy(x @ W.T + b, y)`` (and
+``F.linear_cross_entropy``), with the extras of :func:`crossent.cross_entropy`, but the
+``N x V`` logits are only ever seen as tiles that fit a memory budget::
+
+    z_i    = softcap(logit_scale * (W x_i + b))
+    loss_i = sum_c t_ic (logsumexp(z_i) - z_ic) + z_loss * logsumexp(z_i)^2
+
+With a scalar reduction ('mean'/'sum') the gradients for ``x``, ``W`` and ``b`` are
+formed during the forward pass tile by tile (the upstream gradient only scales them);
+with ``reduction='none'`` the forward keeps the per-row log-sum-exp and the backward
+recomputes the tiles for exact per-token gradients. Accumulation is float32 (float64 for
+float64 input) whatever the input dtype.
+
+The op is registered with ``torch.library.custom_op`` (with fake implementations), so
+``torch.compile(fullgraph=True)`` traces through it without graph breaks; nothing on
+the hot path synchronises the host.
+
+References: Wijmans et al., "Cut Your Losses in Large-Vocabulary Language Models"
+(2024, CCE); Hsu et al., "Liger Kernel: Efficient Triton Kernels for LLM Training"
+(2024); PyTorch's ``F.linear_cross_entropy`` (chunked over the batch).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from . import _checks
+from ._core import ScoreTransform
+from ._reduction import ALL_IGNORED_CHOICES, accumulation_dtype, reduce_rows
+from ._targets import ClassIndexTarget, ClassProbTarget
+from .kernels.dispatch import get_backend, plan_tiles, resolve_backend
+from .kernels.torch_chunked import LinearProblem, tile_buffers
+from .multiclass import CrossEntropyStats
+
+__all__ = ["linear_cross_entropy", "LinearCrossEntropyLoss"]
+
+_EMPTY = (0,)
+
+
+# --------------------------------------------------------------------------- the op
+
+
+def _target(x, index, probs, class_weight, ignore_index, label_smoothing, num_classes):
+    acc = accumulation_dtype(x.dtype)
+    if probs is not None:
+        return ClassProbTarget.build(probs, weight=class_weight, label_smoothing=label_smoothing, dtype=acc)
+    return ClassIndexTarget.build(
+        index, num_classes, weight=class_weight, ignore_index=ignore_index,
+        label_smoothing=label_smoothing, dtype=acc,
+    )
+
+
+def _problem(x, weight, bias, target, z_loss, softcap, logit_scale) -> LinearProblem:
+    return LinearProblem(x, weight, bias, target, ScoreTransform(logit_scale, softcap), z_loss)
+
+
+def _empty(like: torch.Tensor, dtype=None) -> torch.Tensor:
+    return like.new_empty(_EMPTY, dtype=dtype or like.dtype)
+
+
+@torch.library.custom_op("crossent::linear_cross_entropy", mutates_args=())
+def _linear_ce_op(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+    index: Optional[torch.Tensor], probs: Optional[torch.Tensor], class_weight: Optional[torch.Tensor],
+    ignore_index: int, label_smoothing: float, reduction: str, z_loss: float,
+    softcap: Optional[float], logit_scale: float, all_ignored: str, rows: int, cols: int,
+    backend: str, stats: bool, need_x: bool, need_w: bool, need_b: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns ``(loss, lse, entropy, argmax, grad_x, grad_weight, grad_bias)``; the
+    gradients (for a unit upstream gradient) only for scalar reductions, else empty."""
+    from .kernels.dispatch import TilePlan
+
+    num_classes = weight.shape[0]
+    target = _target(x, index, probs, class_weight, ignore_index, label_smoothing, num_classes)
+    acc = accumulation_dtype(x.dtype)
+    row_scale = None
+    if reduction != "none" and (need_x or need_w or need_b):
+        scale = torch.ones((), dtype=acc, device=x.device)
+        if reduction == "mean":
+            den = target.mean_denominator().to(acc)
+            if all_ignored == "zero":
+                scale = torch.where(den == 0, torch.zeros_like(den), 1.0 / torch.where(den == 0, torch.ones_like(den), den))
+            else:
+                scale = 1.0 / den
+        row_scale = target.valid.to(acc) * scale
+    res = get_backend(backend).run(
+        _problem(x, weight, bias, target, z_loss, softcap, logit_scale), TilePlan(rows, cols),
+        row_scale=row_scale, need_x=need_x, need_w=need_w, need_b=need_b,
+        entropy=stats, argmax=stats,
+    )
+    row_loss = target.mass * res.lse - res.dot
+    if z_loss:
+        row_loss = row_loss + z_loss * res.lse.square()
+    row_loss = torch.where(target.valid, row_loss, torch.zeros((), dtype=acc, device=x.device))
+    loss = reduce_rows(row_loss, reduction, target.mean_denominator(), all_ignored=all_ignored)
+    out_dtype = acc if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    gx = res.grad_x if res.grad_x is not None else _empty(x)
+    gw = res.grad_weight.to(weight.dtype) if res.grad_weight is not None else _empty(weight)
+    gb = res.grad_bias.to(bias.dtype) if res.grad_bias is not None else _empty(x)
+    return (
+        loss.to(out_dtype),
+        res.lse,
+        res.entropy if stats else _empty(x, acc),
+        res.argmax if stats else _empty(x, torch.int64),
+        gx, gw, gb,
+    )
+
+
+@_linear_ce_op.register_fake
+def _(x, weight, bias, index, probs, class_weight, ignore_index, label_smoothing, reduction,
+      z_loss, softcap, logit_scale, all_ignored, rows, cols, backend, stats, need_x, need_w, need_b):
+    acc = accumulation_dtype(x.dtype)
+    n = x.shape[0]
+    out_dtype = acc if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    loss = x.new_empty((n,) if reduction == "none" else (), dtype=out_dtype)
+    scalar_grads = reduction != "none"
+    return (
+        loss,
+        x.new_empty((n,), dtype=acc),
+        x.new_empty((n,) if stats else _EMPTY, dtype=acc),
+        x.new_empty((n,) if stats else _EMPTY, dtype=torch.int64),
+        torch.empty_like(x) if scalar_grads and need_x else _empty(x),
+        torch.empty_like(weight) if scalar_grads and need_w else _empty(weight),
+        torch.empty_like(bias) if scalar_grads and need_b and bias is not None else _empty(x),
+    )
+
+
+@torch.library.custom_op("crossent::linear_cross_entropy_backward", mutates_args=())
+def _linear_ce_backward_op(
+    grad_loss: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+    index: Optional[torch.Tensor], probs: Optional[torch.Tensor], class_weight: Optional[torch.Tensor],
+    lse: torch.Tensor, ignore_index: int, label_smoothing: float, z_loss: float,
+    softcap: Optional[float], logit_scale: float, rows: int, cols: int, backend: str,
+    need_x: bool, need_w: bool, need_b: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Exact per-row gradients of ``reduction='none'``: tiles recomputed against ``lse``."""
+    from .kernels.dispatch import TilePlan
+
+    target = _target(x, index, probs, class_weight, ignore_index, label_smoothing, weight.shape[0])
+    row_scale = grad_loss.to(lse.dtype) * target.valid
+    res = get_backend(backend).run(
+        _problem(x, weight, bias, target, z_loss, softcap, logit_scale), TilePlan(rows, cols),
+        row_scale=row_scale, lse=lse, need_x=need_x, need_w=need_w, need_b=need_b,
+    )
+    gx = res.grad_x if res.grad_x is not None else _empty(x)
+    gw = res.grad_weight.to(weight.dtype) if res.grad_weight is not None else _empty(weight)
+    gb = res.grad_bias.to(bias.dtype) if res.grad_bias is not None else _empty(x)
+    return gx, gw, gb
+
+
+@_linear_ce_backward_op.register_fake
+def _(grad_loss, x, weight, bias, index, probs, class_weight, lse, ignore_index, label_smoothing,
+      z_loss, softcap, logit_scale, rows, cols, backend, need_x, need_w, need_b):
+    return (
+        torch.empty_like(x) if need_x else _empty(x),
+        torch.empty_like(weight) if need_w else _empty(weight),
+        torch.empty_like(bias) if need_b and bias is not None else _empty(x),
+    )
+
+
+_ARGS = ("x", "weight", "bias", "index", "probs", "class_weight", "ignore_index",
+         "label_smoothing", "reduction", "z_loss", "softcap", "logit_scale", "all_ignored",
+         "rows", "cols", "backend", "stats", "need_x", "need_w", "need_b")
+
+
+def _setup_context(ctx, inputs, output):
+    a = dict(zip(_ARGS, inputs))
+    ctx.args = {k: a[k] for k in ("ignore_index", "label_smoothing", "z_loss", "softcap",
+                                  "logit_scale", "rows", "cols", "backend")}
+    ctx.reduction = a["reduction"]
+    ctx.need = (a["need_x"], a["need_w"], a["need_b"] and a["bias"] is not None)
+    _, lse, _, _, gx, gw, gb = output
+    if ctx.reduction == "none":
+        ctx.save_for_backward(a["x"], a["weight"], a["bias"], a["index"], a["probs"],
+                              a["class_weight"], lse)
+        ctx.grads = None
+    else:
+        ctx.grads = [gx, gw, gb]
+
+
+def _backward(ctx, grad_loss, _lse, _ent, _arg, _gx, _gw, _gb):
+    need_x, need_w, need_b = ctx.need
+    if ctx.reduction == "none":
+        x, weight, bias, index, probs, class_weight, lse = ctx.saved_tensors
+        gx, gw, gb = _linear_ce_backward_op(
+            grad_loss, x, weight, bias, index, probs, class_weight, lse, need_x=need_x,
+            need_w=need_w, need_b=need_b, **ctx.args,
+        )
+    else:
+        if ctx.grads is None:
+            raise RuntimeError(
+                "crossent.linear_cross_entropy: backward through a 'mean'/'sum' loss twice "
+                "(retain_graph=True) is not supported: its gradients are formed in the "
+                "forward pass and consumed by the first backward"
+            )
+        gx, gw, gb = ctx.grads
+        if torch.compiler.is_compiling():
+            gx, gw, gb = gx * grad_loss, gw * grad_loss, gb * grad_loss
+        else:
+            # Scale in place and hand the buffers over (no gradient-sized copy).
+            ctx.grads = None
+            gx.mul_(grad_loss)
+            gw.mul_(grad_loss)
+            gb.mul_(grad_loss)
+    return (gx if need_x else None, gw if need_w else None, gb if need_b else None) + (None,) * 17
+
+
+_linear_ce_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------- validation + API
+
+
+def _check_shapes(input, linear_weight, linear_bias):
+    _checks.check_floating("input", input)
+    _checks.check_floating("linear_weight", linear_weight)
+    if input.dim() not in (1, 2):
+        raise _checks.ArgumentError(
+            f"input must be 1-D (in_features,) or 2-D (N, in_features), got shape {list(input.shape)}"
+        )
+    if linear_weight.dim() < 2:
+        raise _checks.ArgumentError(
+            f"linear_weight must be 2-D (num_classes, in_features), got shape {list(linear_weight.shape)}"
+        )
+    if linear_weight.dim() > 2:
+        raise _checks.ArgumentError(
+            f"linear_weight of shape {list(linear_weight.shape)} asks for a K-dimensional loss, "
+            "which crossent.linear_cross_entropy does not support; use "
+            "crossent.cross_entropy(F.linear(input, linear_weight), ...) for it"
+        )
+    if input.shape[-1] != linear_weight.shape[-1]:
+        raise _checks.ArgumentError(
+            f"input and linear_weight must have equal last dimensions (in_features), got "
+            f"{input.shape[-1]} and {linear_weight.shape[-1]}"
+        )
+    if input.dtype != linear_weight.dtype:
+        raise _checks.ArgumentTypeError(
+            f"input and linear_weight must have the same dtype, got {input.dtype} and {linear_weight.dtype}"
+        )
+    if input.device != linear_weight.device:
+        raise _checks.ArgumentError(
+            f"linear_weight is on {linear_weight.device}, expected {input.device} like input"
+        )
+    if linear_bias is not None:
+        _checks.check_floating("linear_bias", linear_bias)
+        if tuple(linear_bias.shape) != (linear_weight.shape[0],):
+            raise _checks.ArgumentError(
+                f"linear_bias must have shape {[linear_weight.shape[0]]}, got {list(linear_bias.shape)}"
+            )
+        if linear_bias.device != input.device:
+            raise _checks.ArgumentError(f"linear_bias is on {linear_bias.device}, expected {input.device}")
+
+
+def _split_target(input, target, num_classes, weight, ignore_index):
+    """``(index, probs, ignore_index)`` in 2-D row form, validated."""
+    if not isinstance(target, torch.Tensor):
+        raise _checks.ArgumentTypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    logits_shape = tuple(input.shape[:-1]) + (num_classes,)
+    _checks.check_class_weight(weight, num_classes, input)
+    if target.is_floating_point():
+        if ignore_index is not None:
+            raise _checks.ArgumentError(
+                f"ignore_index cannot be specified when target contains probabilities (got {ignore_index})"
+            )
+        if tuple(target.shape) != logits_shape:
+            raise _checks.ArgumentError(
+                f"target with class probabilities must have shape {list(logits_shape)}, got {list(target.shape)}"
+            )
+        if target.device != input.device:
+            raise _checks.ArgumentError(f"target is on {target.device}, expected {input.device}")
+        return None, target.reshape(-1, num_classes), -100
+    ignore_index = -100 if ignore_index is None else int(ignore_index)
+    _checks.check_index_target_dtype(target)
+    expected = tuple(input.shape[:-1])
+    if tuple(target.shape) != expected:
+        raise _checks.ArgumentError(
+            f"target with class indices must have shape {list(expected)} for input of shape "
+            f"{list(input.shape)}, got {list(target.shape)}"
+        )
+    _checks.check_index_bounds(target, num_classes, ignore_index)
+    return target.reshape(-1).long(), None, ignore_index
+
+
+def linear_cross_entropy(
+    input: torch.Tensor,
+    linear_weight: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    linear_bias: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
+    reduction: str = "mean",
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    logit_scale: float = 1.0,
+    return_stats: bool = False,
+    all_ignored: str = "nan",
+    memory_budget: int | None = None,
+    token_chunk_size: int | None = None,
+    vocab_chunk_size: int | None = None,
+    backend: str = "auto",
+    options=None,
+):
+    """Cross-entropy of ``input @ linear_weight.T + linear_bias`` without the logits.
+
+    Same arguments and semantics as ``torch.nn.functional.linear_cross_entropy``
+    (``ignore_index=None`` means -100 for class indices and is an error with
+    probability targets), plus those of :func:`crossent.cross_entropy`: ``z_loss``,
+    ``softcap``, ``logit_scale``, ``return_stats`` (per-row log-sum-exp, entropy and
+    argmax, as :class:`crossent.CrossEntropyStats`) and ``all_ignored``.
+
+    Shapes: input ``(H,)`` or ``(N, H)``; linear_weight ``(V, H)``; linear_bias ``(V,)``;
+    target ``()``/``(N,)`` class indices (int64/uint8) or ``(V,)``/``(N, V)``
+    probabilities; weight ``(V,)``. Returns a scalar, or ``(N,)``/``()`` for 'none',
+    in float32 for half inputs. Gradients flow to input, linear_weight and linear_bias
+    (not to probability targets), in their dtypes.
+
+    Tiling: ``memory_budget`` bytes (default 32 MiB) bound the float32 logit tiles;
+    ``token_chunk_size`` / ``vocab_chunk_size`` override the chosen tile sizes.
+    ``backend``: ``'auto'`` (Triton on CUDA, PyTorch elsewhere), ``'torch'`` or
+    ``'triton'``. ``options`` (a ``torch.nn.LinearCrossEntropyOptions``) is accepted
+    for drop-in compatibility and ignored.
+    """
+    del options
+    reduction = _checks.check_reduction(reduction)
+    _check_shapes(input, linear_weight, linear_bias)
+    label_smoothing = _checks.check_unit_interval("label_smoothing", label_smoothing)
+    z_loss = _checks.check_non_negative("z_loss", z_loss)
+    softcap = _checks.check_positive("softcap", softcap)
+    logit_scale = _checks.check_positive("logit_scale", logit_scale, allow_none=False)
+    _checks.check_choice("all_ignored", all_ignored, ALL_IGNORED_CHOICES)
+    backend = resolve_backend(backend, input.device)
+    num_classes = linear_weight.shape[0]
+    index, probs, ignore_index = _split_target(input, target, num_classes, weight, ignore_index)
+    x = input.unsqueeze(0) if input.dim() == 1 else input
+    grad_on = torch.is_grad_enabled()
+    need_x = grad_on and input.requires_grad
+    need_w = grad_on and linear_weight.requires_grad
+    need_b = grad_on and linear_bias is not None and linear_bias.requires_grad
+    grads = (need_x or need_w or need_b) and reduction != "none"
+    transform = ScoreTransform(logit_scale, softcap)
+    buffers = tile_buffers(transform, grads=need_x or need_w or need_b, entropy=return_stats,
+                           probs=probs is not None)
+    plan = plan_tiles(x.shape[0], num_classes, buffers=buffers, memory_budget=memory_budget,
+                      token_chunk_size=token_chunk_size, vocab_chunk_size=vocab_chunk_size)
+    del grads
+    loss, lse, ent, best, _, _, _ = _linear_ce_op(
+        x, linear_weight, linear_bias, index, probs, weight, ignore_index, label_smoothing,
+        reduction, z_loss, softcap, logit_scale, all_ignored, plan.rows, plan.cols, backend,
+        bool(return_stats), need_x, need_w, need_b,
+    )
+    if reduction == "none" and input.dim() == 1:
+        loss = loss.reshape(())
+    if not return_stats:
+        return loss
+    shape = tuple(input.shape[:-1])
+    return loss, CrossEntropyStats(lse.detach().reshape(shape), ent.reshape(shape), best.reshape(shape))
+
+
+class LinearCrossEntropyLoss(nn.Module):
+    """An output layer ``Linear(in_features, num_classes)`` fused with its cross-entropy.
+
+    ``forward(hidden, target)`` returns
+    ``linear_cross_entropy(hidden, self.weight, target, linear_bias=self.bias, **kwargs)``
+    with the keyword arguments given at construction; ``logits(hidden)`` gives the full
+    logits when they are wanted (generation, evaluation).
+    """
+
+    def __init__(self, in_features: int, num_classes: int, bias: bool = False, *,
+                 device=None, dtype=None, **loss_kwargs):
+        super().__init__()
+        self.in_features, self.num_classes = in_features, num_classes
+        self.weight = nn.Parameter(torch.empty(num_classes, in_features, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(num_classes, device=device, dtype=dtype)) if bias else None
+        self.loss_kwargs = loss_kwargs
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        ref = nn.Linear(self.in_features, self.num_classes, bias=self.bias is not None)
+        with torch.no_grad():
+            self.weight.copy_(ref.weight)
+            if self.bias is not None:
+                self.bias.copy_(ref.bias)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(hidden, self.weight, self.bias)
+
+    def forward(self, hidden: torch.Tensor, target: torch.Tensor, **overrides):
+        kwargs = {**self.loss_kwargs, **overrides}
+        return linear_cross_entropy(hidden, self.weight, target, linear_bias=self.bias, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, num_classes={self.num_classes}, bias={self.bias is not None}"
