@@ -282,7 +282,8 @@ def _split_target(input, target, num_classes, weight, ignore_index):
             f"target with class indices must have shape {list(expected)} for input of shape "
             f"{list(input.shape)}, got {list(target.shape)}"
         )
-    _checks.check_index_bounds(target, num_classes, ignore_index)
+    if not torch.compiler.is_compiling():  # a value check: eager only (no graph break)
+        _checks.check_index_bounds(target, num_classes, ignore_index)
     return target.reshape(-1).long(), None, ignore_index
 
 
