@@ -17,7 +17,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "article_says": "article",
         "exact": "exact",
         "at_precision": "to the article's {k} decimals",
-        "summary": "{n} claims: {ok} hold, {bad} wrong, {none} with no number stated in the article.",
+        "summary": ("{n} claims: {ok} hold, {bad} wrong, {none} with no number stated in the "
+                    "article."),
         "wrong_list": "Statements that do not hold:",
         "figures": "Figures",
         "figures_in": "Figures and report written to {path}",
