@@ -204,9 +204,9 @@ def _backward(ctx, grad_loss, _lse, _ent, _arg, _gx, _gw, _gb):
         else:
             # Scale in place and hand the buffers over (no gradient-sized copy).
             ctx.grads = None
-            gx.mul_(grad_loss)
-            gw.mul_(grad_loss)
-            gb.mul_(grad_loss)
+            # detach(): a fresh TensorImpl over the same storage, which AccumulateGrad
+            # can adopt as .grad instead of cloning a buffer the op's outputs still hold.
+            gx, gw, gb = gx.mul_(grad_loss).detach(), gw.mul_(grad_loss).detach(), gb.mul_(grad_loss).detach()
     return (gx if need_x else None, gw if need_w else None, gb if need_b else None) + (None,) * 17
 
 

@@ -1,0 +1,98 @@
+"""Implementations and cases of ``crossent bench linear``.
+
+Cases are option sets; every implementation runs forward + backward on the same
+inputs. PyTorch's chunked ``F.linear_cross_entropy(options=LinearCrossEntropyOptions())``
+is the reference; where it has no such option (z-loss, soft-capping) or falls back to
+its unchunked path (label smoothing, probability targets) the "torch" entry is what a
+PyTorch user would write: full logits ``F.linear`` then the loss.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+import torch.nn.functional as F
+
+CASES: dict[str, dict] = {
+    "default": {},
+    "label_smoothing": {"label_smoothing": 0.1},
+    "none": {"reduction": "none"},
+    "probs": {"probs": True},
+    "z_loss": {"z_loss": 1e-4},
+    "softcap": {"softcap": 30.0},
+}
+
+IMPLS = ("crossent", "torch_chunked", "torch_logits", "liger", "cce")
+
+
+def available(impl: str, device: str) -> bool:
+    if impl in ("crossent", "torch_chunked", "torch_logits"):
+        return True
+    if device != "cuda" or not torch.cuda.is_available():
+        return False
+    module = {"liger": "liger_kernel", "cce": "cut_cross_entropy"}[impl]
+    return importlib.util.find_spec(module) is not None
+
+
+def make_inputs(n: int, h: int, v: int, dtype: torch.dtype, device: str, case: dict, seed: int = 0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    x = torch.randn(n, h, generator=g).to(device=device, dtype=dtype).requires_grad_()
+    w = (torch.randn(v, h, generator=g) * h ** -0.5).to(device=device, dtype=dtype).requires_grad_()
+    if case.get("probs"):
+        y = torch.softmax(torch.randn(n, v, generator=g, dtype=torch.float32), 1).to(device=device, dtype=dtype)
+    else:
+        y = torch.randint(0, v, (n,), generator=g).to(device)
+    return x, w, y
+
+
+def _torch_logits_loss(x, w, y, case):
+    z = F.linear(x, w).float()
+    if case.get("softcap"):
+        z = case["softcap"] * torch.tanh(z / case["softcap"])
+    loss = F.cross_entropy(z, y.float() if y.is_floating_point() else y,
+                           reduction=case.get("reduction", "mean"),
+                           label_smoothing=case.get("label_smoothing", 0.0))
+    if case.get("z_loss"):
+        loss = loss + case["z_loss"] * torch.logsumexp(z, 1).square().mean()
+    return loss
+
+
+def step(impl: str, x, w, y, case: dict) -> torch.Tensor:
+    """One forward; returns the (reduced to a scalar) loss to backpropagate."""
+    reduction = case.get("reduction", "mean")
+    if impl == "crossent":
+        from crossent.linear import linear_cross_entropy
+
+        loss = linear_cross_entropy(
+            x, w, y, reduction=reduction, label_smoothing=case.get("label_smoothing", 0.0),
+            z_loss=case.get("z_loss", 0.0), softcap=case.get("softcap"),
+        )
+    elif impl == "torch_chunked":
+        if case.get("z_loss") or case.get("softcap"):
+            loss = _torch_logits_loss(x, w, y, case)  # PyTorch has no such option
+        else:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                loss = F.linear_cross_entropy(
+                    x, w, y, reduction=reduction, label_smoothing=case.get("label_smoothing", 0.0),
+                    options=torch.nn.LinearCrossEntropyOptions(),
+                )
+    elif impl == "torch_logits":
+        loss = _torch_logits_loss(x, w, y, case)
+    elif impl == "liger":
+        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+        loss = liger_fused_linear_cross_entropy(
+            x, w, y, reduction=reduction, label_smoothing=case.get("label_smoothing", 0.0),
+            softcap=case.get("softcap"),
+        )
+    elif impl == "cce":
+        from cut_cross_entropy import linear_cross_entropy as cce
+
+        loss = cce(x, w, y, reduction=reduction, softcap=case.get("softcap"))
+    else:
+        raise ValueError(f"unknown implementation {impl!r}")
+    return loss.sum() if loss.dim() else loss
