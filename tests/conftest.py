@@ -1,0 +1,32 @@
+"""Shared test configuration for crossent's suite (kept deliberately small).
+
+* Hypothesis: the default profile ``crossent`` is fast and derandomized (reproducible runs
+  in CI); ``HYPOTHESIS_PROFILE=thorough`` explores more and randomly.
+* Every test starts from the same torch RNG state, so tensors made with ``torch.randn``
+  inside a test are the same on every run.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "crossent",
+    max_examples=30,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("thorough", max_examples=500, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "crossent"))
+
+
+@pytest.fixture(autouse=True)
+def _seed_torch():
+    """Seed torch's global generator before each test (tests stay order-independent)."""
+    torch.manual_seed(0)
+    yield
