@@ -22,6 +22,7 @@ from .losses import (
     sigmoid_focal_loss,
     softmax,
 )
+from .linear import LinearCrossEntropyLoss, linear_cross_entropy
 from .nn import (
     BCELoss,
     BCEWithLogitsLoss,
@@ -54,6 +55,8 @@ __all__ = [
     "distillation_loss",
     "focal_loss",
     "poly1_cross_entropy",
+    "linear_cross_entropy",
+    "LinearCrossEntropyLoss",
     "CrossEntropyLoss",
     "NLLLoss",
     "BCELoss",

@@ -27,6 +27,10 @@ class ArgumentTypeError(TypeError, RuntimeError):
     """A bad argument dtype or type (PyTorch would raise ``RuntimeError``)."""
 
 
+class UnsupportedDtypeError(ArgumentTypeError, NotImplementedError):
+    """A tensor of a dtype the operation has no kernel for (PyTorch: ``NotImplementedError``)."""
+
+
 class TargetIndexError(IndexError):
     """A class index outside ``[0, C)`` that is not ``ignore_index``."""
 
@@ -43,14 +47,28 @@ def check_floating(name: str, tensor: torch.Tensor) -> None:
     if not isinstance(tensor, torch.Tensor):
         raise ArgumentTypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
     if not tensor.is_floating_point():
-        raise ArgumentTypeError(
+        raise UnsupportedDtypeError(
             f"{name} must be a floating point tensor (float16, bfloat16, float32, float64), "
             f"got {tensor.dtype}"
         )
 
 
+def check_number(name: str, value) -> float:
+    """``value`` is a real number (a Python or NumPy scalar, not a string or a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
+        raise ArgumentTypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    return float(value)
+
+
+def check_int(name: str, value) -> int:
+    """``value`` is an integer (not a float, not a bool)."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise ArgumentTypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    return int(value)
+
+
 def check_unit_interval(name: str, value: float) -> float:
-    value = float(value)
+    value = check_number(name, value)
     if not 0.0 <= value <= 1.0:
         raise ArgumentError(f"{name} must be between 0.0 and 1.0. Got: {value}")
     return value
@@ -59,14 +77,14 @@ def check_unit_interval(name: str, value: float) -> float:
 def check_positive(name: str, value: float | None, allow_none: bool = True) -> float | None:
     if value is None and allow_none:
         return None
-    value = float(value)  # type: ignore[arg-type]
+    value = check_number(name, value)
     if not value > 0.0:
         raise ArgumentError(f"{name} must be a positive number, got {value}")
     return value
 
 
 def check_non_negative(name: str, value: float) -> float:
-    value = float(value)
+    value = check_number(name, value)
     if not value >= 0.0:
         raise ArgumentError(f"{name} must be >= 0, got {value}")
     return value
@@ -87,6 +105,11 @@ def check_class_weight(weight: torch.Tensor | None, num_classes: int, like: torc
         raise ArgumentError(
             f"weight tensor should be defined either for all {num_classes} classes or no "
             f"classes but got weight tensor of shape: {list(weight.shape)}"
+        )
+    if weight.dtype != like.dtype:
+        raise ArgumentTypeError(
+            f"weight has dtype {weight.dtype}, expected the input's dtype {like.dtype} "
+            f"(expected scalar type {like.dtype} but found {weight.dtype})"
         )
     if weight.device != like.device:
         raise ArgumentError(f"weight is on {weight.device}, expected {like.device} like input")

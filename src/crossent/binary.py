@@ -80,6 +80,7 @@ def binary_cross_entropy(
         )
     _checks.check_broadcastable("weight", weight, input.shape)
     _checks.check_in_unit_interval_values("input", input.detach())
+    _checks.check_in_unit_interval_values("target", target.detach())
     w = weight.expand(input.shape) if weight is not None else None
     loss = _BinaryCrossEntropyFunction.apply(input, target, w)
     return reduce_rows(loss, reduction)

@@ -75,6 +75,7 @@ def _index_target(
     label_smoothing: float,
 ) -> ClassIndexTarget:
     """Validate class-index ``target`` against ``input`` and build it in row order."""
+    ignore_index = _checks.check_int("ignore_index", ignore_index)
     _checks.check_index_target_dtype(target)
     _checks.check_index_target_shape(input, target)
     num_classes = input.shape[0] if input.dim() == 1 else input.shape[1]
@@ -84,7 +85,7 @@ def _index_target(
         target,
         num_classes,
         weight=weight,
-        ignore_index=int(ignore_index),
+        ignore_index=ignore_index,
         label_smoothing=label_smoothing,
         dtype=accumulation_dtype(input.dtype),
     )
