@@ -4,6 +4,9 @@
   in CI); ``HYPOTHESIS_PROFILE=thorough`` explores more and randomly.
 * Every test starts from the same torch RNG state, so tensors made with ``torch.randn``
   inside a test are the same on every run.
+* Without CUDA, Triton kernels run under its CPU interpreter. ``TRITON_INTERPRET`` is read
+  when triton is first imported, and any test module (or torch itself) may import it, so
+  it is set here, before the first test module is collected.
 """
 
 from __future__ import annotations
@@ -12,6 +15,10 @@ import os
 
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
