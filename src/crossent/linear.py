@@ -174,7 +174,11 @@ def _setup_context(ctx, inputs, output):
                                   "logit_scale", "rows", "cols", "backend")}
     ctx.reduction = a["reduction"]
     ctx.need = (a["need_x"], a["need_w"], a["need_b"] and a["bias"] is not None)
-    _, lse, _, _, gx, gw, gb = output
+    _, lse, ent, best, gx, gw, gb = output
+    # Only the loss is differentiable. Without this, autograd would materialise zero
+    # gradients for the other outputs, among them a dW-sized and a dX-sized buffer.
+    ctx.mark_non_differentiable(lse, ent, best, gx, gw, gb)
+    ctx.set_materialize_grads(False)
     if ctx.reduction == "none":
         ctx.save_for_backward(a["x"], a["weight"], a["bias"], a["index"], a["probs"],
                               a["class_weight"], lse)
