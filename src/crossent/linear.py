@@ -326,7 +326,9 @@ def linear_cross_entropy(
     in float32 for half inputs. Gradients flow to input, linear_weight and linear_bias
     (not to probability targets), in their dtypes.
 
-    Tiling: ``memory_budget`` bytes (default 32 MiB) bound the float32 logit tiles;
+    Tiling: ``memory_budget`` bytes bound the float32 logit tiles (default 32 MiB, 8 MiB
+    for ``reduction='none'``, whose backward recomputes them; see
+    :mod:`crossent.kernels.dispatch`);
     ``token_chunk_size`` / ``vocab_chunk_size`` override the chosen tile sizes.
     ``backend``: ``'auto'`` (Triton on CUDA, PyTorch elsewhere), ``'torch'`` or
     ``'triton'``. ``options`` (a ``torch.nn.LinearCrossEntropyOptions``) is accepted
@@ -348,13 +350,12 @@ def linear_cross_entropy(
     need_x = grad_on and input.requires_grad
     need_w = grad_on and linear_weight.requires_grad
     need_b = grad_on and linear_bias is not None and linear_bias.requires_grad
-    grads = (need_x or need_w or need_b) and reduction != "none"
     transform = ScoreTransform(logit_scale, softcap)
     buffers = tile_buffers(transform, grads=need_x or need_w or need_b, entropy=return_stats,
                            probs=probs is not None)
     plan = plan_tiles(x.shape[0], num_classes, buffers=buffers, memory_budget=memory_budget,
-                      token_chunk_size=token_chunk_size, vocab_chunk_size=vocab_chunk_size)
-    del grads
+                      token_chunk_size=token_chunk_size, vocab_chunk_size=vocab_chunk_size,
+                      recompute=reduction == "none")
     loss, lse, ent, best, _, _, _ = _linear_ce_op(
         x, linear_weight, linear_bias, index, probs, weight, ignore_index, label_smoothing,
         reduction, z_loss, softcap, logit_scale, all_ignored, plan.rows, plan.cols, backend,

@@ -19,7 +19,16 @@ import torch
 
 from .._checks import ArgumentError
 
-DEFAULT_MEMORY_BUDGET = 32 << 20  # bytes of logit tiles
+# Default bytes of logit tiles, by how the gradients are formed.
+# - Scalar reductions ('mean'/'sum') form dX and dW in the forward pass, band by band; each
+#   band re-reads and re-writes the whole V x H float32 weight gradient, so taller bands
+#   buy time: at N=4096, H=1024, V=32000 fp32 on a 2-core CPU, 5.2 s at 32 MiB against
+#   8.5 s at 8 MiB (BENCHMARKS.md).
+# - reduction='none' recomputes the tiles in the backward pass, when the rest of the
+#   model's activations are alive too; its tiles stay small (8 MiB keeps its peak at the
+#   level of PyTorch's own chunked path).
+DEFAULT_MEMORY_BUDGET = 32 << 20
+DEFAULT_RECOMPUTE_MEMORY_BUDGET = 8 << 20
 MIN_BAND_ROWS = 128
 MIN_VOCAB_TILE = 256
 
@@ -56,12 +65,16 @@ def plan_tiles(
     memory_budget: int | None = None,
     token_chunk_size: int | None = None,
     vocab_chunk_size: int | None = None,
+    recompute: bool = False,
 ) -> TilePlan:
     """Tile sizes whose ``buffers`` float tiles fit ``memory_budget`` bytes.
 
-    Explicit ``token_chunk_size`` / ``vocab_chunk_size`` override the budget.
+    Explicit ``token_chunk_size`` / ``vocab_chunk_size`` override the budget. Without a
+    budget: :data:`DEFAULT_MEMORY_BUDGET`, or :data:`DEFAULT_RECOMPUTE_MEMORY_BUDGET` when
+    the backward recomputes the tiles (``recompute``, i.e. ``reduction='none'``).
     """
-    budget = _positive("memory_budget", memory_budget) or DEFAULT_MEMORY_BUDGET
+    default = DEFAULT_RECOMPUTE_MEMORY_BUDGET if recompute else DEFAULT_MEMORY_BUDGET
+    budget = _positive("memory_budget", memory_budget) or default
     token = _positive("token_chunk_size", token_chunk_size)
     vocab = _positive("vocab_chunk_size", vocab_chunk_size)
     n, v = max(num_rows, 1), max(num_classes, 1)
