@@ -52,9 +52,18 @@ def reduce_rows(
         denominator = torch.tensor(float(denominator), dtype=total.dtype, device=total.device)
     denominator = denominator.to(total.dtype)
     if all_ignored == "zero":
-        safe = torch.where(denominator == 0, torch.ones_like(denominator), denominator)
-        return torch.where(denominator == 0, torch.zeros_like(total), total / safe)
+        return total * mean_scale(denominator, all_ignored)
     return total / denominator
+
+
+def mean_scale(denominator: torch.Tensor, all_ignored: str = "nan") -> torch.Tensor:
+    """``1 / denominator``, the factor 'mean' applies to every row (and to its gradient);
+    with ``all_ignored='zero'``, 0 where the denominator is 0. No host synchronisation."""
+    if all_ignored == "zero":
+        empty = denominator == 0
+        return torch.where(empty, torch.zeros_like(denominator),
+                           1.0 / torch.where(empty, torch.ones_like(denominator), denominator))
+    return 1.0 / denominator
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:

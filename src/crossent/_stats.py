@@ -118,3 +118,25 @@ def tile_stats_(
         del e
     z.sub_(safe).exp_()
     return RowStats(m, z.sum(1), dot, zexp, best)
+
+
+def cross_entropy_rows(
+    lse: torch.Tensor,
+    dot: torch.Tensor,
+    mass: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    z_loss: float = 0.0,
+) -> torch.Tensor:
+    """Per-row cross-entropy from the statistics, the one formula every path shares::
+
+        loss_i = mass_i * lse_i - dot_i + z_loss * lse_i^2     (0 on rows not ``valid``)
+
+    ``mass_i * lse_i - dot_i = sum_c t_ic (lse_i - z_ic)``; the z-loss is PaLM's
+    auxiliary ``log^2 Z`` (Chowdhery et al. 2022).
+    """
+    rows = mass * lse - dot
+    if z_loss:
+        rows = rows + z_loss * lse.square()
+    if valid is None:
+        return rows
+    return torch.where(valid, rows, torch.zeros((), dtype=rows.dtype, device=rows.device))

@@ -31,7 +31,8 @@ from torch import nn
 
 from . import _checks
 from ._core import ScoreTransform
-from ._reduction import ALL_IGNORED_CHOICES, accumulation_dtype, reduce_rows
+from ._reduction import ALL_IGNORED_CHOICES, accumulation_dtype, mean_scale, reduce_rows
+from ._stats import cross_entropy_rows
 from ._targets import ClassIndexTarget, ClassProbTarget
 from .kernels.dispatch import get_backend, plan_tiles, resolve_backend
 from .kernels.torch_chunked import LinearProblem, tile_buffers
@@ -82,21 +83,14 @@ def _linear_ce_op(
     if reduction != "none" and (need_x or need_w or need_b):
         scale = torch.ones((), dtype=acc, device=x.device)
         if reduction == "mean":
-            den = target.mean_denominator().to(acc)
-            if all_ignored == "zero":
-                scale = torch.where(den == 0, torch.zeros_like(den), 1.0 / torch.where(den == 0, torch.ones_like(den), den))
-            else:
-                scale = 1.0 / den
+            scale = mean_scale(target.mean_denominator().to(acc), all_ignored)
         row_scale = target.valid.to(acc) * scale
     res = get_backend(backend).run(
         _problem(x, weight, bias, target, z_loss, softcap, logit_scale), TilePlan(rows, cols),
         row_scale=row_scale, need_x=need_x, need_w=need_w, need_b=need_b,
         entropy=stats, argmax=stats,
     )
-    row_loss = target.mass * res.lse - res.dot
-    if z_loss:
-        row_loss = row_loss + z_loss * res.lse.square()
-    row_loss = torch.where(target.valid, row_loss, torch.zeros((), dtype=acc, device=x.device))
+    row_loss = cross_entropy_rows(res.lse, res.dot, target.mass, target.valid, z_loss)
     loss = reduce_rows(row_loss, reduction, target.mean_denominator(), all_ignored=all_ignored)
     out_dtype = acc if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
     gx = res.grad_x if res.grad_x is not None else _empty(x)
@@ -355,7 +349,8 @@ def linear_cross_entropy(
                            probs=probs is not None)
     plan = plan_tiles(x.shape[0], num_classes, buffers=buffers, memory_budget=memory_budget,
                       token_chunk_size=token_chunk_size, vocab_chunk_size=vocab_chunk_size,
-                      recompute=reduction == "none")
+                      recompute=reduction == "none",
+                      accumulator_width=x.shape[1] if need_x else 0)
     loss, lse, ent, best, _, _, _ = _linear_ce_op(
         x, linear_weight, linear_bias, index, probs, weight, ignore_index, label_smoothing,
         reduction, z_loss, softcap, logit_scale, all_ignored, plan.rows, plan.cols, backend,

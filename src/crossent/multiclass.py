@@ -17,6 +17,7 @@ from torch.nn import _reduction as _legacy
 
 from . import _checks
 from ._core import ScoreTransform, softmax_statistics, to_rows
+from ._stats import cross_entropy_rows
 from ._reduction import accumulation_dtype, reduce_rows
 from ._targets import ClassIndexTarget
 
@@ -223,11 +224,7 @@ def cross_entropy(
         denominator = spec.mean_denominator()
         row_shape = target.shape
 
-    row_loss = stats.mass * stats.lse - stats.dot
-    if z_loss:
-        row_loss = row_loss + z_loss * stats.lse.square()
-    if valid is not None:
-        row_loss = torch.where(valid, row_loss, torch.zeros((), dtype=row_loss.dtype, device=row_loss.device))
+    row_loss = cross_entropy_rows(stats.lse, stats.dot, stats.mass, valid, z_loss)
     loss = reduce_rows(row_loss.reshape(row_shape), reduction, denominator, all_ignored=all_ignored)
     if not return_stats:
         return loss

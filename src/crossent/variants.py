@@ -23,6 +23,7 @@ import torch
 from . import _checks
 from ._core import softmax_statistics, to_rows
 from ._reduction import reduce_rows
+from ._stats import cross_entropy_rows
 from .multiclass import _check_input, _index_target
 
 __all__ = ["focal_loss", "poly1_cross_entropy"]
@@ -90,7 +91,7 @@ def poly1_cross_entropy(
     _check_input(input)
     spec = _index_target(input, target, weight, ignore_index, label_smoothing)
     stats = softmax_statistics(input, spec)
-    ce_row = stats.mass * stats.lse - stats.dot
+    ce_row = cross_entropy_rows(stats.lse, stats.dot, stats.mass)
     rows = to_rows(input)
     picked = rows.gather(1, spec.index.unsqueeze(1)).squeeze(1).to(stats.lse.dtype)
     p_y = torch.exp(picked - stats.lse)

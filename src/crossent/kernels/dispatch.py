@@ -66,12 +66,15 @@ def plan_tiles(
     token_chunk_size: int | None = None,
     vocab_chunk_size: int | None = None,
     recompute: bool = False,
+    accumulator_width: int = 0,
 ) -> TilePlan:
     """Tile sizes whose ``buffers`` float tiles fit ``memory_budget`` bytes.
 
     Explicit ``token_chunk_size`` / ``vocab_chunk_size`` override the budget. Without a
     budget: :data:`DEFAULT_MEMORY_BUDGET`, or :data:`DEFAULT_RECOMPUTE_MEMORY_BUDGET` when
     the backward recomputes the tiles (``recompute``, i.e. ``reduction='none'``).
+    When the vocabulary is tiled, the ``rows x accumulator_width`` float accumulator of
+    ``dx`` (``accumulator_width = H`` when ``dx`` is formed) is paid from the budget too.
     """
     default = DEFAULT_RECOMPUTE_MEMORY_BUDGET if recompute else DEFAULT_MEMORY_BUDGET
     budget = _positive("memory_budget", memory_budget) or default
@@ -90,8 +93,10 @@ def plan_tiles(
     whole = elements // v
     if whole >= min(n, MIN_BAND_ROWS):
         return TilePlan(min(n, whole), v)
-    rows = min(n, MIN_BAND_ROWS, max(1, elements // MIN_VOCAB_TILE))
-    return TilePlan(rows, min(v, max(1, elements // rows)))
+    per_row = max(1, elements // (MIN_VOCAB_TILE + accumulator_width))
+    rows = min(n, MIN_BAND_ROWS, per_row)
+    tile_elements = elements - rows * accumulator_width // buffers
+    return TilePlan(rows, min(v, max(1, tile_elements // rows)))
 
 
 def triton_available() -> bool:
