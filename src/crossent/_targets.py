@@ -177,7 +177,10 @@ class ClassProbTarget:
         return t
 
     def dot(self, z: torch.Tensor, col_start: int = 0) -> torch.Tensor:
-        return (self.tile(col_start, z.shape[1]).to(z.dtype) * z).sum(1)
+        """Row-wise ``sum_c t_ic z_ic`` as a batched ``(1 x k) @ (k x 1)`` product: no
+        ``n x k`` product tensor is formed."""
+        t = self.tile(col_start, z.shape[1]).to(z.dtype)
+        return torch.bmm(t.unsqueeze(1), z.unsqueeze(2)).reshape(-1)
 
     def add_scaled_(self, grad: torch.Tensor, coef: torch.Tensor, col_start: int = 0) -> None:
         t = self.tile(col_start, grad.shape[1]).to(grad.dtype)
