@@ -49,18 +49,15 @@ def tile_stats(
 ) -> RowStats:
     """Statistics of one tile ``z`` (``(n, k)``, accumulation dtype) of columns
     ``[col_start, col_start + k)``."""
+    if entropy:
+        # The entropy needs sum_c exp(z_c - m) z_c: the in-place pass on a copy gives it.
+        return tile_stats_(z.clone(), target, col_start, entropy=True, argmax=argmax)
     dot = target.dot(z, col_start) if target is not None else z.new_zeros(z.shape[0])
     best = z.argmax(1) + col_start if argmax else None
-    if not entropy:
-        # (m, l) = (logsumexp, 1) is a valid state (m + log l = lse), and PyTorch's fused
-        # logsumexp is faster than max / exp / sum written out.
-        lse = torch.logsumexp(z, 1)
-        return RowStats(lse, torch.ones_like(lse), dot, None, best)
-    m = z.amax(1) if z.shape[1] else z.new_full(z.shape[:1], -torch.inf)
-    e = torch.exp(z - _finite_or_zero(m).unsqueeze(1))
-    sumexp = e.sum(1)
-    zexp = torch.where(e > 0, e * z, torch.zeros_like(e)).sum(1)
-    return RowStats(m, sumexp, dot, zexp, best)
+    # (m, l) = (logsumexp, 1) is a valid state (m + log l = lse), and PyTorch's fused
+    # logsumexp is faster than max / exp / sum written out.
+    lse = torch.logsumexp(z, 1)
+    return RowStats(lse, torch.ones_like(lse), dot, None, best)
 
 
 def merge(a: RowStats, b: RowStats) -> RowStats:
@@ -105,11 +102,9 @@ def tile_stats_(
     For fused passes that need the exponentials next (a gradient tile) and cannot
     afford a second tile-sized buffer. Only ``entropy=True`` allocates a temporary.
     """
-    if z.shape[1] == 0:
-        return tile_stats(z, target, col_start, entropy=entropy, argmax=argmax)
     dot = target.dot(z, col_start) if target is not None else z.new_zeros(z.shape[0])
     best = z.argmax(1) + col_start if argmax else None
-    m = z.amax(1)
+    m = z.amax(1) if z.shape[1] else z.new_full(z.shape[:1], -torch.inf)
     safe = _finite_or_zero(m).unsqueeze(1)
     zexp = None
     if entropy:
