@@ -66,12 +66,22 @@ class ScoreTransform:
     logit_scale: float = 1.0
     softcap: float | None = None
 
-    def apply(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        z = x.to(dtype)
+    @property
+    def identity(self) -> bool:
+        return self.logit_scale == 1.0 and self.softcap is None
+
+    def apply(self, x: torch.Tensor, dtype: torch.dtype,
+              out: torch.Tensor | None = None) -> torch.Tensor:
+        """``z`` in ``dtype``: ``x`` itself when nothing is to be done, else written into
+        ``out`` (a reusable buffer of at least ``x``'s rows) or a new tensor."""
+        if self.identity and x.dtype == dtype:
+            return x
+        z = torch.empty(x.shape, dtype=dtype, device=x.device) if out is None else out[: x.shape[0]]
+        z.copy_(x)
         if self.logit_scale != 1.0:
-            z = z * self.logit_scale
+            z.mul_(self.logit_scale)
         if self.softcap is not None:
-            z = torch.tanh(z / self.softcap) * self.softcap
+            z.div_(self.softcap).tanh_().mul_(self.softcap)
         return z
 
     def backward_(self, grad_z: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -98,10 +108,23 @@ def _softmax_into(z: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
     return torch._softmax(z, 1, False, out=out)
 
 
+def _chunk_rows(num_rows: int, num_classes: int) -> int:
+    return max(1, min(num_rows, CHUNK_ELEMENTS // max(num_classes, 1)))
+
+
 def _chunks(num_rows: int, num_classes: int):
-    step = max(1, CHUNK_ELEMENTS // max(num_classes, 1))
+    step = _chunk_rows(num_rows, num_classes)
     for start in range(0, num_rows, step):
         yield start, min(start + step, num_rows)
+
+
+def _chunk_buffer(rows: torch.Tensor, dtype: torch.dtype, needed: bool) -> torch.Tensor | None:
+    """One reusable ``chunk x C`` buffer (allocating per chunk costs page faults)."""
+    if not needed:
+        return None
+    num_rows, num_classes = rows.shape
+    return torch.empty(_chunk_rows(num_rows, num_classes), num_classes, dtype=dtype,
+                       device=rows.device)
 
 
 def _resolve_target(index_target: ClassIndexTarget | None, probs_rows, spec, dtype):
@@ -132,8 +155,9 @@ class _SoftmaxStatisticsFunction(torch.autograd.Function):
         dot = torch.empty_like(lse)
         entropy = torch.empty_like(lse) if want_entropy else lse.new_empty(0)
         argmax = torch.empty(num_rows if want_argmax else 0, dtype=torch.int64, device=input.device)
+        scores = _chunk_buffer(rows, acc, not (transform.identity and rows.dtype == acc))
         for start, end in _chunks(num_rows, num_classes):
-            z = transform.apply(rows[start:end], acc)
+            z = transform.apply(rows[start:end], acc, out=scores)
             stats = _stats.tile_stats(
                 z, target.rows(start, end), entropy=want_entropy, argmax=want_argmax
             )
@@ -171,17 +195,21 @@ class _SoftmaxStatisticsFunction(torch.autograd.Function):
         grad_probs_rows = (
             torch.empty(probs_rows.shape, dtype=probs.dtype, device=probs.device) if need_probs else None
         )
+        scores = _chunk_buffer(rows, acc, not (transform.identity and rows.dtype == acc))
+        # Softmax goes straight into the gradient buffer when dtypes allow, else into a
+        # reusable float buffer that is then cast into it.
+        direct = need_input and grad_rows.dtype == acc
+        staging = _chunk_buffer(rows, acc, need_input and not direct)
         for start, end in _chunks(num_rows, num_classes):
-            z = transform.apply(rows[start:end], acc)
+            z = transform.apply(rows[start:end], acc, out=scores)
             if need_input:
-                # Write softmax straight into the gradient buffer when dtypes allow.
-                direct = grad_rows.dtype == acc
-                grad_z = _softmax_into(z, grad_rows[start:end] if direct else None)
+                out = grad_rows[start:end] if direct else staging[: end - start]
+                grad_z = _softmax_into(z, out)
                 grad_z.mul_(grad_lse[start:end].unsqueeze(1))
                 target.rows(start, end).add_scaled_(grad_z, grad_dot[start:end])
                 transform.backward_(grad_z, z)
                 if not direct:
-                    grad_rows[start:end] = grad_z
+                    grad_rows[start:end].copy_(grad_z)
             if need_probs:
                 grad_probs_rows[start:end] = target.rows(start, end).grad_probs(
                     z, grad_dot[start:end], grad_mass[start:end]
