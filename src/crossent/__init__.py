@@ -7,6 +7,7 @@ the extras PyTorch lacks. ``crossent.reference`` holds the plain float64 definit
 
 from . import reference
 from ._checks import ArgumentError, ArgumentTypeError, TargetIndexError
+from .linear import LinearCrossEntropyLoss, linear_cross_entropy
 from .losses import (
     CrossEntropyStats,
     binary_cross_entropy,
@@ -22,7 +23,6 @@ from .losses import (
     sigmoid_focal_loss,
     softmax,
 )
-from .linear import LinearCrossEntropyLoss, linear_cross_entropy
 from .nn import (
     BCELoss,
     BCEWithLogitsLoss,

@@ -17,8 +17,8 @@ from torch.nn import _reduction as _legacy
 
 from . import _checks
 from ._core import ScoreTransform, softmax_statistics, to_rows
-from ._stats import cross_entropy_rows
 from ._reduction import accumulation_dtype, reduce_rows
+from ._stats import cross_entropy_rows
 from ._targets import ClassIndexTarget
 
 __all__ = [
