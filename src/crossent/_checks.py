@@ -8,8 +8,9 @@ keeps working while new code can catch the precise class. Index errors are ``Ind
 as in PyTorch.
 
 Checks that need the *values* of a tensor (target bounds, probabilities in [0, 1]) run
-eagerly on the CPU, where they cost no synchronisation. On accelerators they become
-``torch._assert_async`` device-side assertions, so the hot path never waits for the host.
+eagerly on the CPU, where they cost no synchronisation. On accelerators, and under
+``torch.compile``, they become ``torch._assert_async`` assertions that are part of the
+computation, so the hot path never waits for the host and the graph does not break.
 """
 
 from __future__ import annotations
@@ -167,7 +168,7 @@ def check_index_bounds(target: torch.Tensor, num_classes: int, ignore_index: int
         return
     t = target.long() if target.dtype != torch.int64 else target
     bad = ((t < 0) | (t >= num_classes)) & (t != ignore_index)
-    if t.device.type == "cpu":
+    if t.device.type == "cpu" and not torch.compiler.is_compiling():
         if bool(bad.any()):
             first = int(t[bad].flatten()[0])
             raise TargetIndexError(
@@ -183,7 +184,7 @@ def check_in_unit_interval_values(name: str, tensor: torch.Tensor) -> None:
     if tensor.numel() == 0:
         return
     bad = (tensor < 0) | (tensor > 1) | torch.isnan(tensor)
-    if tensor.device.type == "cpu":
+    if tensor.device.type == "cpu" and not torch.compiler.is_compiling():
         if bool(bad.any()):
             raise ArgumentError(f"all elements of {name} should be between 0 and 1")
     else:
