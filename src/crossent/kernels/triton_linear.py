@@ -40,7 +40,8 @@ def _tanh(x):
 @triton.jit
 def _logits_tile(x_ptr, w_ptr, b_ptr, rows, cols, row_mask, col_mask, H, stride_x, stride_w,
                  scale, cap, HAS_BIAS: tl.constexpr, HAS_CAP: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
+                 BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+                 DOT_PRECISION: tl.constexpr):
     """Returns ``(z, u)``: the transformed scores and ``tanh`` (``u`` is 0 without cap)."""
     acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
     for h0 in range(0, H, BLOCK_H):
@@ -48,7 +49,7 @@ def _logits_tile(x_ptr, w_ptr, b_ptr, rows, cols, row_mask, col_mask, H, stride_
         hm = hs < H
         xt = tl.load(x_ptr + rows[:, None] * stride_x + hs[None, :], mask=row_mask[:, None] & hm[None, :], other=0.0)
         wt = tl.load(w_ptr + cols[:, None] * stride_w + hs[None, :], mask=col_mask[:, None] & hm[None, :], other=0.0)
-        acc += tl.dot(xt, tl.trans(wt))
+        acc += tl.dot(xt, tl.trans(wt), input_precision=DOT_PRECISION)
     if HAS_BIAS:
         acc += tl.load(b_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
     acc = acc * scale
@@ -65,7 +66,8 @@ def _stats_kernel(x_ptr, w_ptr, b_ptr, y_ptr, tw_ptr, valid_ptr, cw_ptr,
                   N, V, H, stride_x, stride_w, scale, cap, smooth_keep, smooth_each,
                   HAS_BIAS: tl.constexpr, HAS_CAP: tl.constexpr, HAS_CW: tl.constexpr,
                   STATS: tl.constexpr,
-                  BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
+                  BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+                  DOT_PRECISION: tl.constexpr):
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
     row_mask = rows < N
@@ -80,7 +82,8 @@ def _stats_kernel(x_ptr, w_ptr, b_ptr, y_ptr, tw_ptr, valid_ptr, cw_ptr,
         cols = v0 + tl.arange(0, BLOCK_V).to(tl.int64)
         col_mask = cols < V
         z, u = _logits_tile(x_ptr, w_ptr, b_ptr, rows, cols, row_mask, col_mask, H, stride_x,
-                            stride_w, scale, cap, HAS_BIAS, HAS_CAP, BLOCK_N, BLOCK_V, BLOCK_H)
+                            stride_w, scale, cap, HAS_BIAS, HAS_CAP, BLOCK_N, BLOCK_V, BLOCK_H,
+                            DOT_PRECISION)
         z = tl.where(col_mask[None, :], z, float("-inf"))
         picked += tl.sum(tl.where(cols[None, :] == y[:, None], z, 0.0), 1)
         zz = tl.where(col_mask[None, :], z, 0.0)
@@ -116,7 +119,8 @@ def _grad_kernel(x_ptr, w_ptr, b_ptr, y_ptr, tw_ptr, valid_ptr, cw_ptr, lse_ptr,
                  N, V, H, v_start, v_width, stride_x, stride_w, stride_g, scale, cap,
                  smooth_keep, smooth_each,
                  HAS_BIAS: tl.constexpr, HAS_CAP: tl.constexpr, HAS_CW: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
+                 BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+                 DOT_PRECISION: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_v = tl.program_id(1)
     rows = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
@@ -125,7 +129,8 @@ def _grad_kernel(x_ptr, w_ptr, b_ptr, y_ptr, tw_ptr, valid_ptr, cw_ptr, lse_ptr,
     row_mask = rows < N
     col_mask = (local < v_width) & (cols < V)
     z, u = _logits_tile(x_ptr, w_ptr, b_ptr, rows, cols, row_mask, col_mask, H, stride_x,
-                        stride_w, scale, cap, HAS_BIAS, HAS_CAP, BLOCK_N, BLOCK_V, BLOCK_H)
+                        stride_w, scale, cap, HAS_BIAS, HAS_CAP, BLOCK_N, BLOCK_V, BLOCK_H,
+                            DOT_PRECISION)
     lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
     pcoef = tl.load(pcoef_ptr + rows, mask=row_mask, other=0.0)
     tcoef = tl.load(tcoef_ptr + rows, mask=row_mask, other=0.0)
@@ -167,8 +172,18 @@ def _common(p: LinearProblem, t: ClassIndexTarget):
         arrays=(t.index, t.target_weight.float(), t.valid.float(), cw.float()),
         scalars=dict(scale=float(p.transform.logit_scale), cap=float(cap or 1.0),
                      smooth_keep=1.0 - eps, smooth_each=eps / num),
-        flags=dict(HAS_BIAS=p.bias is not None, HAS_CAP=cap is not None, HAS_CW=t.weight is not None),
+        flags=dict(HAS_BIAS=p.bias is not None, HAS_CAP=cap is not None, HAS_CW=t.weight is not None,
+                   DOT_PRECISION=_dot_precision(p.x.dtype)),
     )
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    """fp32 operands: IEEE products unless the user allowed TF32 for PyTorch's matmuls
+    (``torch.backends.cuda.matmul.allow_tf32``), so results match ``F.linear``'s. Half
+    operands use the tensor cores either way."""
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"
 
 
 def run(p: LinearProblem, plan: TilePlan, *, row_scale=None, lse=None, need_x=True, need_w=True,
@@ -210,6 +225,7 @@ def run(p: LinearProblem, plan: TilePlan, *, row_scale=None, lse=None, need_x=Tr
         gb = torch.zeros(v, dtype=torch.float32, device=dev) if need_b and p.bias is not None else None
         rows, cols = min(plan.rows, n), min(plan.cols, v)
         buf = torch.empty(rows, cols, dtype=torch.float32, device=dev)
+        block_cols = max(1, (rows * cols) // h)
         for s in range(0, n, rows):
             e = min(s + rows, n)
             xb = x[s:e]
@@ -225,7 +241,11 @@ def run(p: LinearProblem, plan: TilePlan, *, row_scale=None, lse=None, need_x=Tr
                 if gx_acc is not None:
                     gx_acc += (g.to(w.dtype) @ w[c0:c0 + k]).float()
                 if gw is not None:
-                    gw[c0:c0 + k] += (g.T.to(x.dtype) @ xb).float()
+                    # G^T x has dW's rows for this tile (k x H): form it in column blocks
+                    # no larger than the tile, never a dW-sized temporary.
+                    for j0 in range(0, k, block_cols):
+                        j1 = min(j0 + block_cols, k)
+                        gw[c0 + j0:c0 + j1] += (g[:, j0:j1].T.to(x.dtype) @ xb).float()
                 if gb is not None:
                     gb[c0:c0 + k] += g.sum(0)
             if gx is not None:
