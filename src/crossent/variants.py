@@ -24,6 +24,7 @@ from . import _checks
 from ._core import softmax_statistics, to_rows
 from ._reduction import reduce_rows
 from ._stats import cross_entropy_rows
+from ._targets import ClassIndexTarget
 from .multiclass import _check_input, _index_target
 
 __all__ = ["focal_loss", "poly1_cross_entropy"]
@@ -52,7 +53,12 @@ def focal_loss(
     gamma = _checks.check_non_negative("gamma", gamma)
     _check_input(input)
     spec = _index_target(input, target, weight, ignore_index, 0.0)
-    plain = _index_target(input, target, None, ignore_index, 0.0)  # t = one-hot(y)
+    # The statistics use the unweighted one-hot target, so dot - lse = log p_t; the class
+    # weight multiplies the row afterwards (spec.target_weight).
+    plain = ClassIndexTarget.build(
+        target, spec.num_classes, weight=None, ignore_index=ignore_index, label_smoothing=0.0,
+        dtype=spec.mass.dtype,
+    )
     stats = softmax_statistics(input, plain)
     log_pt = stats.dot - stats.lse
     modulating = (-torch.expm1(log_pt)).clamp_min(0.0) ** gamma if gamma else 1.0
