@@ -154,16 +154,18 @@ class RankPool:
             p.start()
         self._collect("ready", self.timeout, what="starting the process group")
 
-    def close(self) -> None:
-        for inbox, p in zip(getattr(self, "_inboxes", []), self._procs):
-            if p.is_alive():
-                try:
-                    inbox.put(None)
-                except Exception:
-                    pass
-        deadline = time.monotonic() + 2.0
-        for p in self._procs:
-            p.join(max(0.0, deadline - time.monotonic()))
+    def close(self, graceful: bool = True) -> None:
+        """Stop the ranks: ask them to leave (``graceful``), then kill what is left."""
+        if graceful:
+            for inbox, p in zip(getattr(self, "_inboxes", []), self._procs):
+                if p.is_alive():
+                    try:
+                        inbox.put(None)
+                    except Exception:
+                        pass
+            deadline = time.monotonic() + 2.0
+            for p in self._procs:
+                p.join(max(0.0, deadline - time.monotonic()))
         for p in self._procs:
             if p.is_alive():
                 p.kill()
@@ -182,7 +184,7 @@ class RankPool:
                 if dead or time.monotonic() > deadline:
                     missing = [r for r in range(self.world_size) if r not in got]
                     answered = self._outcomes(got) if job_id != "ready" else []
-                    self.close()
+                    self.close(graceful=False)
                     detail = "".join(f"\n--- rank {o.rank}: {o.error!r}\n{o.traceback}"
                                      for o in answered if not o.ok)
                     if dead:

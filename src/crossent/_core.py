@@ -132,7 +132,8 @@ def _resolve_target(index_target: ClassIndexTarget | None, probs_rows, spec, dty
     if index_target is not None:
         return index_target
     return ClassProbTarget.build(
-        probs_rows, weight=spec.weight, label_smoothing=spec.label_smoothing, dtype=dtype
+        probs_rows, weight=spec.weight, label_smoothing=spec.label_smoothing, dtype=dtype,
+        num_classes=spec.num_classes,
     )
 
 
@@ -140,6 +141,7 @@ def _resolve_target(index_target: ClassIndexTarget | None, probs_rows, spec, dty
 class _ProbSpec:
     weight: torch.Tensor | None
     label_smoothing: float
+    num_classes: int | None = None
 
 
 class _SoftmaxStatisticsFunction(torch.autograd.Function):
@@ -228,11 +230,13 @@ def softmax_statistics(
     transform: ScoreTransform = ScoreTransform(),
     entropy: bool = False,
     argmax: bool = False,
+    num_classes: int | None = None,
 ) -> SoftmaxStatistics:
     """Per-row ``lse``, ``dot``, ``mass`` (and optionally ``entropy``, ``argmax``).
 
     ``target`` is a built :class:`ClassIndexTarget` (rows order) or a probability
-    tensor of the input's shape (then ``weight`` and ``label_smoothing`` apply to it).
+    tensor of the input's shape (then ``weight`` and ``label_smoothing`` apply to it, and
+    ``num_classes``, when the input is a class shard, is the total class count).
     Arguments are assumed validated by the caller.
     """
     if isinstance(target, ClassIndexTarget):
@@ -240,7 +244,7 @@ def softmax_statistics(
             input, None, target, None, transform, entropy, argmax
         )
     else:
-        spec = _ProbSpec(weight, label_smoothing)
+        spec = _ProbSpec(weight, label_smoothing, num_classes)
         out = _SoftmaxStatisticsFunction.apply(input, target, None, spec, transform, entropy, argmax)
     lse, dot, mass, ent, best = out
     return SoftmaxStatistics(lse, dot, mass, ent if entropy else None, best if argmax else None)

@@ -38,12 +38,12 @@ import torch
 class ClassIndexTarget:
     """Class-index targets ``y`` (``(n,)`` int64), one row of ``t`` per index."""
 
-    index: torch.Tensor  # (n,) int64, ignore_index replaced by 0 (safe to gather)
+    index: torch.Tensor  # (n,) int64, ignore_index replaced by 0 (a shard: local, or -1)
     valid: torch.Tensor  # (n,) bool, y != ignore_index
     target_weight: torch.Tensor  # (n,) acc dtype, w[y] on valid rows, 0 elsewhere
     mass: torch.Tensor  # (n,) acc dtype, s_i
-    weight: torch.Tensor | None  # (C,) acc dtype or None
-    num_classes: int
+    weight: torch.Tensor | None  # (C,) acc dtype or None (a shard: its slice)
+    num_classes: int  # C, all classes (label smoothing spreads eps / C)
     label_smoothing: float
 
     @classmethod
@@ -56,22 +56,42 @@ class ClassIndexTarget:
         ignore_index: int,
         label_smoothing: float,
         dtype: torch.dtype,
+        col_offset: int = 0,
+        total_classes: int | None = None,
     ) -> "ClassIndexTarget":
+        """The target of ``num_classes`` classes, or of one *class shard*.
+
+        A shard (``col_offset``/``total_classes`` given, as in vocabulary-parallel
+        cross-entropy) holds columns ``[col_offset, col_offset + num_classes)`` of
+        ``total_classes``; ``target`` has global class indices and ``weight`` the shard's
+        slice. Then ``index`` is shard-local (-1, never a column, where the class lives in
+        another shard or the row is ignored), ``target_weight``, ``mass`` and ``mean_denominator()`` are
+        this shard's parts (their sums over the shards are the whole problem's), and label
+        smoothing spreads ``eps / total_classes`` per class.
+        """
         index = target.reshape(-1).long()
         valid = index != ignore_index
-        safe = torch.where(valid, index, torch.zeros_like(index))
+        total = num_classes if total_classes is None else int(total_classes)
+        if col_offset == 0 and total == num_classes:
+            safe = torch.where(valid, index, torch.zeros_like(index))
+            here, gather_at = valid, safe
+        else:  # -1 (never a column) where the class is elsewhere or the row is ignored
+            local = index - col_offset
+            here = valid & (local >= 0) & (local < num_classes)
+            safe = torch.where(here, local, torch.full_like(local, -1))
+            gather_at = safe.clamp(0, max(num_classes - 1, 0))
         if weight is not None:
             weight = weight.to(dtype)
-            target_weight = weight.gather(0, safe) * valid
+            target_weight = weight.gather(0, gather_at) * here
             total_weight = weight.sum()
         else:
-            target_weight = valid.to(dtype)
+            target_weight = here.to(dtype)
             total_weight = float(num_classes)
         eps = float(label_smoothing)
         mass = (1.0 - eps) * target_weight
         if eps:
-            mass = mass + valid.to(dtype) * (eps / num_classes * total_weight)
-        return cls(safe, valid, target_weight, mass, weight, num_classes, eps)
+            mass = mass + valid.to(dtype) * (eps / total * total_weight)
+        return cls(safe, valid, target_weight, mass, weight, total, eps)
 
     def rows(self, start: int, end: int) -> "ClassIndexTarget":
         return ClassIndexTarget(
@@ -136,6 +156,7 @@ class ClassProbTarget:
     mass: torch.Tensor  # (n,) acc dtype
     label_smoothing: float
     dtype: torch.dtype
+    num_classes: int | None = None  # a class shard's total class count (None: probs' width)
 
     @classmethod
     def build(
@@ -145,16 +166,22 @@ class ClassProbTarget:
         weight: torch.Tensor | None,
         label_smoothing: float,
         dtype: torch.dtype,
+        num_classes: int | None = None,
     ) -> "ClassProbTarget":
-        num_classes = probs.shape[1]
+        """``num_classes``: for a class shard (``probs`` and ``weight`` its columns), the
+        total number of classes; ``mass`` is then the shard's part of the row masses."""
+        width = probs.shape[1]
+        total = width if num_classes is None else int(num_classes)
         eps = float(label_smoothing)
         q = probs.detach().to(dtype)
         if weight is not None:
             weight = weight.to(dtype)
-            mass = (1.0 - eps) * (q @ weight) + eps / num_classes * weight.sum()
-        else:
+            mass = (1.0 - eps) * (q @ weight) + eps / total * weight.sum()
+        elif total == width:
             mass = (1.0 - eps) * q.sum(1) + eps
-        return cls(probs.detach(), weight, mass, eps, dtype)
+        else:
+            mass = (1.0 - eps) * q.sum(1) + eps * width / total
+        return cls(probs.detach(), weight, mass, eps, dtype, None if total == width else total)
 
     @property
     def valid(self) -> torch.Tensor:
@@ -162,12 +189,13 @@ class ClassProbTarget:
 
     def rows(self, start: int, end: int) -> "ClassProbTarget":
         return ClassProbTarget(
-            self.probs[start:end], self.weight, self.mass[start:end], self.label_smoothing, self.dtype
+            self.probs[start:end], self.weight, self.mass[start:end], self.label_smoothing,
+            self.dtype, self.num_classes,
         )
 
     def tile(self, col_start: int, width: int) -> torch.Tensor:
         """``t[:, col_start:col_start + width]`` in the accumulation dtype."""
-        num_classes = self.probs.shape[1]
+        num_classes = self.num_classes or self.probs.shape[1]
         eps = self.label_smoothing
         t = self.probs[:, col_start:col_start + width].to(self.dtype)
         if eps:

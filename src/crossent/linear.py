@@ -24,7 +24,7 @@ References: Wijmans et al., "Cut Your Losses in Large-Vocabulary Language Models
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -254,8 +254,9 @@ def _check_shapes(input, linear_weight, linear_bias):
             raise _checks.ArgumentError(f"linear_bias is on {linear_bias.device}, expected {input.device}")
 
 
-def _split_target(input, target, num_classes, weight, ignore_index):
-    """``(index, probs, ignore_index)`` in 2-D row form, validated."""
+def _split_target(input, target, num_classes, weight, ignore_index, check_bounds=True):
+    """``(index, probs, ignore_index)`` in 2-D row form, validated (the class-index bounds
+    only with ``check_bounds``)."""
     if not isinstance(target, torch.Tensor):
         raise _checks.ArgumentTypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
     logits_shape = tuple(input.shape[:-1]) + (num_classes,)
@@ -280,9 +281,68 @@ def _split_target(input, target, num_classes, weight, ignore_index):
             f"target with class indices must have shape {list(expected)} for input of shape "
             f"{list(input.shape)}, got {list(target.shape)}"
         )
-    if not torch.compiler.is_compiling():  # a value check: eager only (no graph break)
+    if check_bounds and not torch.compiler.is_compiling():  # a value check: eager only
         _checks.check_index_bounds(target, num_classes, ignore_index)
     return target.reshape(-1).long(), None, ignore_index
+
+
+class LinearArgs(NamedTuple):
+    """The validated arguments of :func:`linear_cross_entropy` (shared with the
+    class-parallel path)."""
+
+    x: torch.Tensor  # (N, H)
+    index: torch.Tensor | None  # (N,) int64 class indices
+    probs: torch.Tensor | None  # (N, V) probabilities
+    ignore_index: int
+    reduction: str
+    label_smoothing: float
+    z_loss: float
+    softcap: float | None
+    logit_scale: float
+    backend: str
+    need_x: bool
+    need_w: bool
+    need_b: bool
+
+
+def _linear_args(input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
+                 label_smoothing, z_loss, softcap, logit_scale, all_ignored, backend,
+                 check_bounds=True) -> LinearArgs:
+    reduction = _checks.check_reduction(reduction)
+    _check_shapes(input, linear_weight, linear_bias)
+    label_smoothing = _checks.check_unit_interval("label_smoothing", label_smoothing)
+    z_loss = _checks.check_non_negative("z_loss", z_loss)
+    softcap = _checks.check_positive("softcap", softcap)
+    logit_scale = _checks.check_positive("logit_scale", logit_scale, allow_none=False)
+    _checks.check_choice("all_ignored", all_ignored, ALL_IGNORED_CHOICES)
+    backend = resolve_backend(backend, input.device)
+    index, probs, ignore_index = _split_target(input, target, linear_weight.shape[0], weight,
+                                               ignore_index, check_bounds)
+    grad_on = torch.is_grad_enabled()
+    return LinearArgs(
+        input.unsqueeze(0) if input.dim() == 1 else input, index, probs, ignore_index,
+        reduction, label_smoothing, z_loss, softcap, logit_scale, backend,
+        grad_on and input.requires_grad, grad_on and linear_weight.requires_grad,
+        grad_on and linear_bias is not None and linear_bias.requires_grad,
+    )
+
+
+def _plan(a: LinearArgs, num_classes: int, return_stats: bool, memory_budget, token_chunk_size,
+          vocab_chunk_size, recompute: bool):
+    transform = ScoreTransform(a.logit_scale, a.softcap)
+    buffers = tile_buffers(transform, grads=a.need_x or a.need_w or a.need_b,
+                           entropy=return_stats, probs=a.probs is not None)
+    return plan_tiles(a.x.shape[0], num_classes, buffers=buffers, memory_budget=memory_budget,
+                      token_chunk_size=token_chunk_size, vocab_chunk_size=vocab_chunk_size,
+                      recompute=recompute, accumulator_width=a.x.shape[1] if a.need_x else 0)
+
+
+def _with_stats(loss, lse, ent, best, input, return_stats: bool):
+    """The public return value: the loss, or ``(loss, CrossEntropyStats)``."""
+    if not return_stats:
+        return loss
+    shape = tuple(input.shape[:-1])
+    return loss, CrossEntropyStats(lse.detach().reshape(shape), ent.reshape(shape), best.reshape(shape))
 
 
 def linear_cross_entropy(
@@ -305,6 +365,7 @@ def linear_cross_entropy(
     vocab_chunk_size: int | None = None,
     backend: str = "auto",
     options=None,
+    group=None,
 ):
     """Cross-entropy of ``input @ linear_weight.T + linear_bias`` without the logits.
 
@@ -327,41 +388,39 @@ def linear_cross_entropy(
     ``backend``: ``'auto'`` (Triton on CUDA, PyTorch elsewhere), ``'torch'`` or
     ``'triton'``. ``options`` (a ``torch.nn.LinearCrossEntropyOptions``) is accepted
     for drop-in compatibility and ignored.
+
+    ``group``: a ``torch.distributed`` process group over which the *classes* are sharded
+    (vocabulary parallel, Megatron-LM's layout): ``input`` is the same on every rank,
+    ``linear_weight``/``linear_bias``/``weight`` are this rank's contiguous slice of the
+    classes (rank order, sizes may differ), ``target`` has global class indices (the same
+    on every rank) or this rank's slice of the probabilities. Every rank returns the global
+    loss; the weight and bias get their slice of the global gradient, ``input`` the full
+    gradient (all-reduced in the backward). See :mod:`crossent.class_parallel`.
     """
     del options
-    reduction = _checks.check_reduction(reduction)
-    _check_shapes(input, linear_weight, linear_bias)
-    label_smoothing = _checks.check_unit_interval("label_smoothing", label_smoothing)
-    z_loss = _checks.check_non_negative("z_loss", z_loss)
-    softcap = _checks.check_positive("softcap", softcap)
-    logit_scale = _checks.check_positive("logit_scale", logit_scale, allow_none=False)
-    _checks.check_choice("all_ignored", all_ignored, ALL_IGNORED_CHOICES)
-    backend = resolve_backend(backend, input.device)
-    num_classes = linear_weight.shape[0]
-    index, probs, ignore_index = _split_target(input, target, num_classes, weight, ignore_index)
-    x = input.unsqueeze(0) if input.dim() == 1 else input
-    grad_on = torch.is_grad_enabled()
-    need_x = grad_on and input.requires_grad
-    need_w = grad_on and linear_weight.requires_grad
-    need_b = grad_on and linear_bias is not None and linear_bias.requires_grad
-    transform = ScoreTransform(logit_scale, softcap)
-    buffers = tile_buffers(transform, grads=need_x or need_w or need_b, entropy=return_stats,
-                           probs=probs is not None)
-    plan = plan_tiles(x.shape[0], num_classes, buffers=buffers, memory_budget=memory_budget,
-                      token_chunk_size=token_chunk_size, vocab_chunk_size=vocab_chunk_size,
-                      recompute=reduction == "none",
-                      accumulator_width=x.shape[1] if need_x else 0)
+    if group is not None:
+        from .class_parallel import parallel_linear_cross_entropy
+
+        return parallel_linear_cross_entropy(
+            input, linear_weight, target, linear_bias=linear_bias, weight=weight,
+            reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
+            z_loss=z_loss, softcap=softcap, logit_scale=logit_scale, return_stats=return_stats,
+            all_ignored=all_ignored, memory_budget=memory_budget,
+            token_chunk_size=token_chunk_size, vocab_chunk_size=vocab_chunk_size,
+            backend=backend, group=group,
+        )
+    a = _linear_args(input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
+                     label_smoothing, z_loss, softcap, logit_scale, all_ignored, backend)
+    plan = _plan(a, linear_weight.shape[0], return_stats, memory_budget, token_chunk_size,
+                 vocab_chunk_size, recompute=a.reduction == "none")
     loss, lse, ent, best, _, _, _ = _linear_ce_op(
-        x, linear_weight, linear_bias, index, probs, weight, ignore_index, label_smoothing,
-        reduction, z_loss, softcap, logit_scale, all_ignored, plan.rows, plan.cols, backend,
-        bool(return_stats), need_x, need_w, need_b,
+        a.x, linear_weight, linear_bias, a.index, a.probs, weight, a.ignore_index,
+        a.label_smoothing, a.reduction, a.z_loss, a.softcap, a.logit_scale, all_ignored,
+        plan.rows, plan.cols, a.backend, bool(return_stats), a.need_x, a.need_w, a.need_b,
     )
-    if reduction == "none" and input.dim() == 1:
+    if a.reduction == "none" and input.dim() == 1:
         loss = loss.reshape(())
-    if not return_stats:
-        return loss
-    shape = tuple(input.shape[:-1])
-    return loss, CrossEntropyStats(lse.detach().reshape(shape), ent.reshape(shape), best.reshape(shape))
+    return _with_stats(loss, lse, ent, best, input, return_stats)
 
 
 class LinearCrossEntropyLoss(nn.Module):

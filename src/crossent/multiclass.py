@@ -17,7 +17,7 @@ from torch.nn import _reduction as _legacy
 
 from . import _checks
 from ._core import ScoreTransform, softmax_statistics, to_rows
-from ._reduction import accumulation_dtype, reduce_rows
+from ._reduction import ALL_IGNORED_CHOICES, accumulation_dtype, reduce_rows
 from ._stats import cross_entropy_rows
 from ._targets import ClassIndexTarget
 
@@ -68,6 +68,22 @@ def _check_input(input: torch.Tensor) -> None:
         )
 
 
+def _check_index_target(
+    input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int
+) -> int:
+    """Validate class-index ``target`` against ``input`` (all but the index bounds);
+    returns ``ignore_index`` as an int."""
+    ignore_index = _checks.check_int("ignore_index", ignore_index)
+    _checks.check_index_target_dtype(target)
+    _checks.check_index_target_shape(input, target)
+    _checks.check_class_weight(weight, _num_classes(input), input)
+    return ignore_index
+
+
+def _num_classes(input: torch.Tensor) -> int:
+    return input.shape[0] if input.dim() == 1 else input.shape[1]
+
+
 def _index_target(
     input: torch.Tensor,
     target: torch.Tensor,
@@ -76,11 +92,8 @@ def _index_target(
     label_smoothing: float,
 ) -> ClassIndexTarget:
     """Validate class-index ``target`` against ``input`` and build it in row order."""
-    ignore_index = _checks.check_int("ignore_index", ignore_index)
-    _checks.check_index_target_dtype(target)
-    _checks.check_index_target_shape(input, target)
-    num_classes = input.shape[0] if input.dim() == 1 else input.shape[1]
-    _checks.check_class_weight(weight, num_classes, input)
+    ignore_index = _check_index_target(input, target, weight, ignore_index)
+    num_classes = _num_classes(input)
     _checks.check_index_bounds(target, num_classes, ignore_index)
     return ClassIndexTarget.build(
         target,
@@ -156,6 +169,7 @@ def cross_entropy(
     logit_scale: float = 1.0,
     return_stats: bool = False,
     all_ignored: str = "nan",
+    group=None,
 ):
     """Cross-entropy between logits and class indices or class probabilities.
 
@@ -176,11 +190,70 @@ def cross_entropy(
         logit_scale: multiplies the logits first (``1/T`` for a temperature ``T``).
         return_stats: also return :class:`CrossEntropyStats` from the same pass.
         all_ignored: ``'nan'`` (PyTorch's 0/0 when every target is ignored) or ``'zero'``.
+        group: a ``torch.distributed`` process group over which the *classes* are sharded
+            (vocabulary/tensor parallel, Megatron-LM's layout): ``input`` holds this rank's
+            contiguous slice of the classes (rank order, sizes may differ), ``target`` has
+            global class indices (the same on every rank) or this rank's slice of the
+            probabilities, ``weight`` this rank's slice. Every rank returns the global loss
+            and ``input`` gets its slice of the global gradient. See
+            :mod:`crossent.class_parallel`. ``None``: one process.
 
     Shapes: input ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dK)``; target ``()``, ``(N,)``,
     ``(N, d1, ..., dK)`` class indices (int64/uint8) or probabilities of input's shape.
     Returns the loss in float32 for float16/bfloat16 input (input dtype otherwise).
     """
+    if group is not None:
+        from .class_parallel import parallel_cross_entropy
+
+        return parallel_cross_entropy(
+            input, target, weight, size_average, ignore_index, reduce, reduction,
+            label_smoothing, z_loss=z_loss, softcap=softcap, logit_scale=logit_scale,
+            return_stats=return_stats, all_ignored=all_ignored, group=group,
+        )
+    args = _cross_entropy_args(input, target, weight, size_average, ignore_index, reduce,
+                               reduction, label_smoothing, z_loss, softcap, logit_scale,
+                               all_ignored)
+    if args.probs:
+        stats = softmax_statistics(
+            input, target, weight=weight, label_smoothing=args.label_smoothing,
+            transform=args.transform, entropy=return_stats, argmax=return_stats,
+        )
+        valid = None
+        denominator = torch.tensor(
+            float(to_rows(input).shape[0]), dtype=stats.lse.dtype, device=input.device
+        )
+    else:
+        _checks.check_index_bounds(target, args.num_classes, args.ignore_index)
+        spec = ClassIndexTarget.build(
+            target, args.num_classes, weight=weight, ignore_index=args.ignore_index,
+            label_smoothing=args.label_smoothing, dtype=accumulation_dtype(input.dtype),
+        )
+        stats = softmax_statistics(
+            input, spec, transform=args.transform, entropy=return_stats, argmax=return_stats
+        )
+        valid = spec.valid
+        denominator = spec.mean_denominator()
+    return finish_cross_entropy(stats, valid, denominator, args, all_ignored, return_stats)
+
+
+class CrossEntropyArgs(NamedTuple):
+    """The validated arguments of :func:`cross_entropy` (what the class-parallel path
+    shares with the single-process one)."""
+
+    reduction: str
+    label_smoothing: float
+    z_loss: float
+    transform: ScoreTransform
+    probs: bool  # class-probability target
+    num_classes: int  # the input's class count (a shard's, with group=)
+    ignore_index: int
+    row_shape: tuple  # shape of the per-row losses ('none')
+
+
+def _cross_entropy_args(input, target, weight, size_average, ignore_index, reduce, reduction,
+                        label_smoothing, z_loss, softcap, logit_scale,
+                        all_ignored) -> CrossEntropyArgs:
+    """Validate everything but the class-index bounds (which need the total class count)."""
     reduction = _checks.check_reduction(_legacy_reduction(size_average, reduce, reduction))
     _check_input(input)
     if not isinstance(target, torch.Tensor):
@@ -189,7 +262,9 @@ def cross_entropy(
     z_loss = _checks.check_non_negative("z_loss", z_loss)
     softcap = _checks.check_positive("softcap", softcap)
     logit_scale = _checks.check_positive("logit_scale", logit_scale, allow_none=False)
+    _checks.check_choice("all_ignored", all_ignored, ALL_IGNORED_CHOICES)
     transform = ScoreTransform(logit_scale=logit_scale, softcap=softcap)
+    num_classes = _num_classes(input)
 
     if target.is_floating_point():
         if ignore_index != -100:
@@ -204,33 +279,26 @@ def cross_entropy(
                 f"the input's shape {list(input.shape)}, got {list(target.shape)}"
             )
         _checks.check_prob_target_shape(input, target)
-        num_classes = input.shape[0] if input.dim() == 1 else input.shape[1]
         _checks.check_class_weight(weight, num_classes, input)
-        stats = softmax_statistics(
-            input, target, weight=weight, label_smoothing=label_smoothing, transform=transform,
-            entropy=return_stats, argmax=return_stats,
-        )
-        valid = None
-        denominator = torch.tensor(
-            float(to_rows(input).shape[0]), dtype=stats.lse.dtype, device=input.device
-        )
-        row_shape = input.shape[:1] + input.shape[2:] if input.dim() > 1 else ()
-    else:
-        spec = _index_target(input, target, weight, ignore_index, label_smoothing)
-        stats = softmax_statistics(
-            input, spec, transform=transform, entropy=return_stats, argmax=return_stats
-        )
-        valid = spec.valid
-        denominator = spec.mean_denominator()
-        row_shape = target.shape
+        row_shape = tuple(input.shape[:1] + input.shape[2:]) if input.dim() > 1 else ()
+        return CrossEntropyArgs(reduction, label_smoothing, z_loss, transform, True,
+                                num_classes, -100, row_shape)
+    ignore_index = _check_index_target(input, target, weight, ignore_index)
+    return CrossEntropyArgs(reduction, label_smoothing, z_loss, transform, False, num_classes,
+                            ignore_index, tuple(target.shape))
 
-    row_loss = cross_entropy_rows(stats.lse, stats.dot, stats.mass, valid, z_loss)
-    loss = reduce_rows(row_loss.reshape(row_shape), reduction, denominator, all_ignored=all_ignored)
+
+def finish_cross_entropy(stats, valid, denominator, args: CrossEntropyArgs, all_ignored: str,
+                         return_stats: bool):
+    """Loss (and :class:`CrossEntropyStats`) from per-row ``lse``/``dot``/``mass``."""
+    row_loss = cross_entropy_rows(stats.lse, stats.dot, stats.mass, valid, args.z_loss)
+    loss = reduce_rows(row_loss.reshape(args.row_shape), args.reduction, denominator,
+                       all_ignored=all_ignored)
     if not return_stats:
         return loss
     extra = CrossEntropyStats(
-        stats.lse.detach().reshape(row_shape),
-        stats.entropy.reshape(row_shape),
-        stats.argmax.reshape(row_shape),
+        stats.lse.detach().reshape(args.row_shape),
+        stats.entropy.reshape(args.row_shape),
+        stats.argmax.reshape(args.row_shape),
     )
     return loss, extra

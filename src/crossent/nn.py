@@ -46,13 +46,15 @@ class _WeightedLoss(_Loss):
 
 class CrossEntropyLoss(_WeightedLoss):
     """:func:`crossent.cross_entropy` as a module; ``torch.nn.CrossEntropyLoss``'s
-    arguments plus ``z_loss``, ``softcap``, ``logit_scale``, ``all_ignored``."""
+    arguments plus ``z_loss``, ``softcap``, ``logit_scale``, ``all_ignored`` and ``group``
+    (classes sharded across the ranks of a process group, see :mod:`crossent.class_parallel`)."""
 
     def __init__(self, weight=None, size_average=None, ignore_index: int = -100, reduce=None,
                  reduction: str = "mean", label_smoothing: float = 0.0, *, z_loss: float = 0.0,
                  softcap: float | None = None, logit_scale: float = 1.0,
-                 all_ignored: str = "nan") -> None:
+                 all_ignored: str = "nan", group=None) -> None:
         super().__init__(weight, size_average, reduce, reduction)
+        self.group = group
         self.ignore_index = ignore_index
         self.label_smoothing = label_smoothing
         self.z_loss = z_loss
@@ -65,6 +67,7 @@ class CrossEntropyLoss(_WeightedLoss):
             input, target, weight=self.weight, ignore_index=self.ignore_index,
             reduction=self.reduction, label_smoothing=self.label_smoothing, z_loss=self.z_loss,
             softcap=self.softcap, logit_scale=self.logit_scale, all_ignored=self.all_ignored,
+            group=self.group,
         )
 
 

@@ -1,0 +1,403 @@
+"""Cross-entropy over classes sharded across ranks (vocabulary / tensor parallel).
+
+``ce.cross_entropy(..., group=g)`` and ``ce.linear_cross_entropy(..., group=g)`` land here.
+The layout is Megatron-LM's vocabulary-parallel cross-entropy (Shoeybi et al.,
+"Megatron-LM", 2019): the rows (tokens) are the same on every rank of ``g``; rank ``r``
+holds a contiguous slice of the ``C`` classes, global columns ``[o_r, o_r + C_r)`` in rank
+order (the ``C_r`` may differ): local logits ``(N, C_r)``, or the local output weight
+``(C_r, H)`` and bias ``(C_r,)``. Targets are global class indices, the same on every rank;
+probability targets and the class ``weight`` are sharded like the logits.
+
+Each rank sees its shard as columns ``[o_r, o_r + C_r)`` of the global problem and
+computes the streaming statistics of :mod:`crossent._stats` over them: the row max /
+log-sum-exp ``lse_r``, its part of the target dot ``dot_r = sum_{c in r} t_ic z_ic`` and of
+the target mass ``s_r = sum_{c in r} t_ic`` (label smoothing spreads ``eps / C`` with the
+global ``C``), and for ``return_stats`` the entropy term and argmax. One all-gather of
+these ``(N,)`` vectors (:func:`crossent.distributed.merge_row_stats`) gives every rank the
+whole problem's statistics, folded in rank order with :func:`crossent._stats.merge`, the
+same bits on every rank::
+
+    lse = log sum_r exp(lse_r),   dot = sum_r dot_r,   s = sum_r s_r
+    loss_i = s_i lse_i - dot_i + z_loss lse_i^2          (reduced as without group)
+
+Gradients (tensor-parallel convention, see :mod:`crossent.distributed`): the objective is
+``L`` once. ``d lse / d lse_r = exp(lse_r - lse)``, so the local logits get
+``dL/dlse * softmax_global - dL/ddot * t`` on their own columns, no communication. For the
+fused linear path the backend recomputes the local logit tiles against the *global*
+``lse`` (its gradient pass), giving the weight and bias their slice of the global gradient
+and ``x`` the shard's part of ``dL/dx``; ``x`` enters through
+:func:`crossent.distributed.replicated_input`, whose backward all-reduces those parts.
+
+Communication per call (``W`` ranks, ``N`` rows): the agreement check (two all-gathers of
+a few hundred bytes), for class-index targets one all-reduce of ``2N`` int64 (the targets
+must agree), one all-gather of ``k N`` numbers (``k`` = 4 to 7 statistics); and for the
+linear path's backward one all-reduce of the ``N x H`` input gradient, which is inherent
+to a replicated input. Never logits, never weights.
+
+Checks: the ranks agree on every option, the row count and row shape, the dtype, the
+hidden size, whether the input needs a gradient (its backward all-reduces), and the class
+targets themselves; any disagreement or local argument error raises the same error on
+every rank (:func:`crossent.distributed.check_agreement`). Each rank must hold at least
+one class. The replicated ``input`` of the linear path is not compared (that would cost
+``N x H``); it must be the same on every rank.
+
+No ``torch.compile`` support in this mode (collectives inside the loss).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from . import _checks, _stats
+from . import distributed as D
+from ._core import ScoreTransform, softmax_statistics, to_rows
+from ._reduction import accumulation_dtype, mean_scale, reduce_rows
+from ._stats import cross_entropy_rows
+from ._targets import ClassIndexTarget, ClassProbTarget
+from .kernels.dispatch import TilePlan, get_backend
+from .kernels.torch_chunked import LinearProblem
+
+__all__ = ["parallel_cross_entropy", "parallel_linear_cross_entropy"]
+
+# rows per chunk when scores at the argmax are recomputed from x and W (linear path)
+_SCORE_CHUNK_ELEMENTS = 1 << 22
+
+
+@dataclasses.dataclass(frozen=True)
+class Shards:
+    """Where this rank's classes sit among everyone's."""
+
+    rank: int
+    sizes: tuple[int, ...]
+
+    @property
+    def offset(self) -> int:
+        return sum(self.sizes[: self.rank])
+
+    @property
+    def total(self) -> int:
+        return sum(self.sizes)
+
+
+def agree(context: str, group, same: dict, classes: int | None,
+          error: BaseException | None) -> Shards:
+    """The agreement check of a class-sharded call; every rank's class count."""
+    each = D.check_agreement(context, group, same=same, each={"classes": classes}, error=error)
+    sizes = tuple(int(e["classes"]) for e in each)
+    if min(sizes) < 1:
+        raise _checks.ArgumentError(
+            f"{context}: every rank must hold at least one class, got class counts {list(sizes)}"
+        )
+    return Shards(D.rank_and_size(group)[0], sizes)
+
+
+def _options(**kwargs) -> dict:
+    """JSON-able agreement fields."""
+    return {k: (str(v) if isinstance(v, (torch.dtype, torch.device)) else v)
+            for k, v in kwargs.items()}
+
+
+def shard_index_target(context: str, target: torch.Tensor, shards: Shards, group, *,
+                       weight, ignore_index: int, label_smoothing: float,
+                       dtype: torch.dtype) -> ClassIndexTarget:
+    """Class-index targets checked (the same on every rank, within ``[0, C)``) and built
+    for this rank's shard (see :meth:`ClassIndexTarget.build`)."""
+    D.check_replicated(context, "target", target, group)
+    _checks.check_index_bounds(target, shards.total, ignore_index)  # same outcome everywhere
+    return ClassIndexTarget.build(
+        target, shards.sizes[shards.rank], weight=weight, ignore_index=ignore_index,
+        label_smoothing=label_smoothing, dtype=dtype, col_offset=shards.offset,
+        total_classes=shards.total,
+    )
+
+
+# ----------------------------------------------------------------- the merge
+
+
+def _local_state(lse, dot, entropy, argmax, best_score) -> _stats.RowStats:
+    """A :class:`~crossent._stats.RowStats` state of this shard from its ``lse`` (and,
+    for ``return_stats``, its entropy, argmax and the score at the argmax).
+
+    ``(max, sumexp) = (m, exp(lse - m))`` is valid for any finite ``m`` (``m + log l =
+    lse``); the true row max ``m`` is needed for the argmax comparison across shards, and
+    ``zexp / sumexp = lse - entropy`` (the mean score under the shard's softmax).
+    """
+    if argmax is None:
+        return _stats.RowStats(lse, torch.ones_like(lse), dot, None, None)
+    finite = best_score > -torch.inf
+    zero = torch.zeros((), dtype=lse.dtype, device=lse.device)
+    safe_m = torch.where(finite, best_score, zero)
+    sumexp = torch.where(finite, torch.exp(lse - safe_m), zero)
+    zexp = None if entropy is None else torch.where(finite, (lse - entropy) * sumexp, zero)
+    return _stats.RowStats(best_score, sumexp, dot, zexp, argmax)
+
+
+@dataclasses.dataclass
+class Merged:
+    """The whole problem's per-row statistics (and the 'mean' denominator)."""
+
+    lse: torch.Tensor
+    dot: torch.Tensor
+    mass: torch.Tensor
+    denominator: torch.Tensor | None
+    entropy: torch.Tensor | None
+    argmax: torch.Tensor | None
+
+
+def merge_shards(group, shards: Shards, *, lse, dot, mass, denominator=None, entropy=None,
+                 argmax=None, best_score=None) -> Merged:
+    """Every rank's shard statistics merged (no autograd): one all-gather.
+
+    ``mass`` (and ``denominator`` when given) are this shard's parts, summed across ranks.
+    """
+    state = _local_state(lse.detach(), dot.detach(), entropy, argmax, best_score)
+    sums = [mass.detach()] + ([denominator.detach().reshape(1)] if denominator is not None else [])
+    merged, totals = D.merge_row_stats(state, group, col_offset=shards.offset, sums=sums)
+    g_lse = _stats.logsumexp(merged)
+    return Merged(
+        g_lse, merged.dot, totals[0], totals[1].reshape(()) if denominator is not None else None,
+        _stats.entropy(merged, g_lse) if entropy is not None else None, merged.argmax,
+    )
+
+
+def lse_share(lse_local: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """``d lse / d lse_r = exp(lse_r - lse)`` (0 where the row is empty)."""
+    finite = torch.isfinite(lse)
+    zero = torch.zeros((), dtype=lse.dtype, device=lse.device)
+    return torch.where(finite, torch.exp(lse_local - torch.where(finite, lse, zero)), zero)
+
+
+class _WithMergeGradient(torch.autograd.Function):
+    """``(lse, dot, mass)`` of the merge, differentiable w.r.t. this shard's
+    ``(lse_r, dot_r, mass_r)`` (tensor parallel: the objective is ``L`` once)."""
+
+    @staticmethod
+    def forward(ctx, lse_r, dot_r, mass_r, lse, dot, mass):
+        ctx.save_for_backward(lse_r, lse)
+        return lse.clone(), dot.clone(), mass.clone()
+
+    @staticmethod
+    def backward(ctx, g_lse, g_dot, g_mass):
+        lse_r, lse = ctx.saved_tensors
+        g_r = None if g_lse is None else g_lse * lse_share(lse_r, lse)
+        return g_r, g_dot, g_mass, None, None, None
+
+
+# ---------------------------------------------------------- given logits
+
+
+def parallel_cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100,
+                           reduce=None, reduction="mean", label_smoothing=0.0, *, z_loss=0.0,
+                           softcap=None, logit_scale=1.0, return_stats=False, all_ignored="nan",
+                           group):
+    """:func:`crossent.cross_entropy` with ``input`` this rank's class shard (see the module)."""
+    from .multiclass import _cross_entropy_args, finish_cross_entropy
+
+    context = "crossent.cross_entropy(group=...)"
+    args, error, same = None, None, {}
+    try:
+        args = _cross_entropy_args(input, target, weight, size_average, ignore_index, reduce,
+                                   reduction, label_smoothing, z_loss, softcap, logit_scale,
+                                   all_ignored)
+        rows_shape = list(input.shape[:1] + input.shape[2:]) if input.dim() > 1 else []
+        same = _options(
+            target=("probabilities" if args.probs else "class indices"), rows=rows_shape,
+            dtype=input.dtype, device_type=input.device.type, reduction=args.reduction,
+            ignore_index=args.ignore_index, label_smoothing=args.label_smoothing,
+            z_loss=args.z_loss, softcap=args.transform.softcap,
+            logit_scale=args.transform.logit_scale, return_stats=bool(return_stats),
+            all_ignored=all_ignored, weight=weight is not None,
+        )
+    except D.LOCAL_ERRORS as exc:
+        error = exc
+    shards = agree(context, group, same, args.num_classes if args else None, error)
+
+    acc = accumulation_dtype(input.dtype)
+    if args.probs:
+        stats = softmax_statistics(
+            input, target, weight=weight, label_smoothing=args.label_smoothing,
+            transform=args.transform, entropy=return_stats, argmax=return_stats,
+            num_classes=shards.total,
+        )
+        valid, denominator = None, None
+    else:
+        spec = shard_index_target(context, target, shards, group, weight=weight,
+                                  ignore_index=args.ignore_index,
+                                  label_smoothing=args.label_smoothing, dtype=acc)
+        stats = softmax_statistics(input, spec, transform=args.transform, entropy=return_stats,
+                                   argmax=return_stats)
+        valid, denominator = spec.valid, spec.mean_denominator()
+    extra = {}
+    if return_stats:
+        picked = to_rows(input).gather(1, stats.argmax.unsqueeze(1)).squeeze(1)
+        extra = dict(entropy=stats.entropy, argmax=stats.argmax,
+                     best_score=args.transform.apply(picked, acc))
+    m = merge_shards(group, shards, lse=stats.lse, dot=stats.dot, mass=stats.mass,
+                     denominator=denominator, **extra)
+    lse, dot, mass = _WithMergeGradient.apply(stats.lse, stats.dot, stats.mass, m.lse, m.dot,
+                                              m.mass)
+    if args.probs:  # 'mean' over rows, as without group
+        m.denominator = torch.tensor(float(lse.shape[0]), dtype=lse.dtype, device=lse.device)
+    merged = stats._replace(lse=lse, dot=dot, mass=mass, entropy=m.entropy, argmax=m.argmax)
+    return finish_cross_entropy(merged, valid, m.denominator, args, all_ignored, return_stats)
+
+
+# ------------------------------------------------------------ fused linear
+
+
+def _linear_scores_at(p: LinearProblem, index: torch.Tensor) -> torch.Tensor:
+    """``z_i[index_i]`` recomputed from ``x``, ``W`` and ``b`` in row chunks (for the argmax
+    comparison across shards): ``N x H`` work, no ``N x C`` tile."""
+    acc = p.acc
+    n, h = p.x.shape
+    out = torch.empty(n, dtype=acc, device=p.x.device)
+    step = max(1, _SCORE_CHUNK_ELEMENTS // max(h, 1))
+    for s in range(0, n, step):
+        e = min(s + step, n)
+        w = p.weight[index[s:e]].to(acc)
+        v = torch.bmm(w.unsqueeze(1), p.x[s:e].to(acc).unsqueeze(2)).reshape(-1)
+        if p.bias is not None:
+            v = v + p.bias[index[s:e]].to(acc)
+        out[s:e] = v
+    return p.transform.apply(out, acc)
+
+
+@dataclasses.dataclass
+class _LinearSpec:
+    """What the autograd function needs besides its tensor inputs."""
+
+    target: ClassIndexTarget | ClassProbTarget  # this shard's, with its partial masses
+    transform: ScoreTransform
+    z_loss: float
+    reduction: str
+    all_ignored: str
+    rows: int
+    cols: int
+    backend: str
+    return_stats: bool
+    group: object
+    shards: Shards
+
+
+class _ParallelLinearCE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, spec: _LinearSpec):
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        need_b = need_b and bias is not None
+        backend = get_backend(spec.backend)
+        plan = TilePlan(spec.rows, spec.cols)
+        target = spec.target
+        problem = LinearProblem(x, weight, bias, target, spec.transform, spec.z_loss)
+        local = backend.run(problem, plan, entropy=spec.return_stats, argmax=spec.return_stats)
+        extra = {}
+        if spec.return_stats:
+            extra = dict(entropy=local.entropy, argmax=local.argmax,
+                         best_score=_linear_scores_at(problem, local.argmax))
+        denominator = None if isinstance(target, ClassProbTarget) else target.mean_denominator()
+        m = merge_shards(spec.group, spec.shards, lse=local.lse, dot=local.dot,
+                         mass=target.mass, denominator=denominator, **extra)
+        if denominator is None:
+            m.denominator = torch.tensor(float(x.shape[0]), dtype=m.lse.dtype, device=x.device)
+        row_loss = cross_entropy_rows(m.lse, m.dot, m.mass, target.valid, spec.z_loss)
+        loss = reduce_rows(row_loss, spec.reduction, m.denominator, all_ignored=spec.all_ignored)
+        # the whole problem's masses: the gradient is (s_i + 2 z lse_i) softmax_i - t_i
+        whole = LinearProblem(x, weight, bias, dataclasses.replace(target, mass=m.mass),
+                              spec.transform, spec.z_loss)
+        ctx.spec, ctx.need = spec, (need_x, need_w, need_b)
+        ctx.dtypes = (weight.dtype, bias.dtype if bias is not None else None)
+        ctx.grads = None
+        if spec.reduction != "none":
+            if need_x or need_w or need_b:
+                scale = torch.ones((), dtype=m.lse.dtype, device=x.device)
+                if spec.reduction == "mean":
+                    scale = mean_scale(m.denominator, spec.all_ignored)
+                g = backend.run(whole, plan, row_scale=target.valid.to(m.lse.dtype) * scale,
+                                lse=m.lse, need_x=need_x, need_w=need_w, need_b=need_b)
+                ctx.grads = (g.grad_x, g.grad_weight, g.grad_bias)
+        else:
+            ctx.whole = whole
+            ctx.save_for_backward(m.lse)
+        out_dtype = m.lse.dtype if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        entropy = m.entropy if m.entropy is not None else m.lse.new_empty(0)
+        argmax = m.argmax if m.argmax is not None else m.lse.new_empty(0, dtype=torch.int64)
+        lse = m.lse.clone()
+        ctx.mark_non_differentiable(lse, entropy, argmax)
+        return loss.to(out_dtype), lse, entropy, argmax
+
+    @staticmethod
+    def backward(ctx, grad_loss, _lse, _entropy, _argmax):
+        need_x, need_w, need_b = ctx.need
+        spec = ctx.spec
+        if spec.reduction == "none":
+            (lse,) = ctx.saved_tensors
+            whole = ctx.whole
+            g = get_backend(spec.backend).run(
+                whole, TilePlan(spec.rows, spec.cols),
+                row_scale=grad_loss.to(lse.dtype) * whole.target.valid, lse=lse,
+                need_x=need_x, need_w=need_w, need_b=need_b,
+            )
+            gx, gw, gb = g.grad_x, g.grad_weight, g.grad_bias
+        else:
+            if ctx.grads is None:
+                raise RuntimeError(
+                    "crossent.linear_cross_entropy(group=...): backward through a 'mean'/'sum' "
+                    "loss twice (retain_graph=True) is not supported"
+                )
+            gx, gw, gb = ctx.grads
+            ctx.grads = None
+            gx = gx.mul_(grad_loss) if gx is not None else None
+            gw = gw.mul_(grad_loss) if gw is not None else None
+            gb = gb.mul_(grad_loss) if gb is not None else None
+        return (gx if need_x else None,
+                gw.to(ctx.dtypes[0]) if need_w else None,
+                gb.to(ctx.dtypes[1]) if need_b else None, None)
+
+
+def parallel_linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None,
+                                  reduction="mean", ignore_index=None, label_smoothing=0.0,
+                                  z_loss=0.0, softcap=None, logit_scale=1.0, return_stats=False,
+                                  all_ignored="nan", memory_budget=None, token_chunk_size=None,
+                                  vocab_chunk_size=None, backend="auto", group):
+    """:func:`crossent.linear_cross_entropy` with the output layer's classes sharded."""
+    from .linear import _linear_args, _plan, _with_stats
+
+    context = "crossent.linear_cross_entropy(group=...)"
+    a, error, same = None, None, {}
+    try:
+        a = _linear_args(input, linear_weight, target, linear_bias, weight, reduction,
+                         ignore_index, label_smoothing, z_loss, softcap, logit_scale,
+                         all_ignored, backend, check_bounds=False)
+        same = _options(
+            target=("probabilities" if a.probs is not None else "class indices"),
+            rows=list(input.shape[:-1]), hidden=int(input.shape[-1]), dtype=input.dtype,
+            device_type=input.device.type, reduction=a.reduction, ignore_index=a.ignore_index,
+            label_smoothing=a.label_smoothing, z_loss=a.z_loss, softcap=a.softcap,
+            logit_scale=a.logit_scale, return_stats=bool(return_stats), all_ignored=all_ignored,
+            weight=weight is not None, bias=linear_bias is not None, input_grad=a.need_x,
+        )
+    except D.LOCAL_ERRORS as exc:
+        error = exc
+    shards = agree(context, group, same, linear_weight.shape[0] if a else None, error)
+
+    acc = accumulation_dtype(input.dtype)
+    if a.probs is not None:
+        tgt = ClassProbTarget.build(a.probs, weight=weight, label_smoothing=a.label_smoothing,
+                                    dtype=acc, num_classes=shards.total)
+    else:
+        tgt = shard_index_target(context, a.index, shards, group, weight=weight,
+                                 ignore_index=a.ignore_index,
+                                 label_smoothing=a.label_smoothing, dtype=acc)
+    plan = _plan(a, linear_weight.shape[0], return_stats, memory_budget, token_chunk_size,
+                 vocab_chunk_size, recompute=a.reduction == "none")
+    spec = _LinearSpec(tgt, ScoreTransform(a.logit_scale, a.softcap), a.z_loss, a.reduction,
+                       all_ignored, plan.rows, plan.cols, a.backend, bool(return_stats), group,
+                       shards)
+    x = D.replicated_input(a.x, group) if a.need_x else a.x.detach()
+    w = linear_weight if a.need_w else linear_weight.detach()
+    b = None if linear_bias is None else (linear_bias if a.need_b else linear_bias.detach())
+    loss, lse, ent, best = _ParallelLinearCE.apply(x, w, b, spec)
+    if a.reduction == "none" and input.dim() == 1:
+        loss = loss.reshape(())
+    return _with_stats(loss, lse, ent, best, input, return_stats)
