@@ -150,6 +150,11 @@ def bench_suite(suite: str, args, overrides: dict) -> dict:
                   f"{r['peak_extra_bytes'] / 2**20:>10.1f}{r['time_ratio']:>11.3f}"
                   f"{r['mem_ratio']:>10.3f}{r['floor_ratio']:>12.3f}")
             results.append(r)
+        for impl, r in rows.items():  # implementations that ran on several ranks
+            if "world_size" in r:
+                print(f"  {impl}: {r['world_size']} ranks (peak and time: the largest per "
+                      f"rank); {r['bytes_sent_per_step'] / 2**10:.1f} KiB sent per rank "
+                      f"per step")
     return {"suite": suite, "preset": args.preset, "config": cfg, "baseline": module.BASELINE,
             "floor": module.FLOOR, "results": results}
 

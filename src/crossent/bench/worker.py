@@ -14,6 +14,11 @@ set after the inputs exist and the warm-up ran; the peak is reset first by writi
 workers with ``MALLOC_MMAP_THRESHOLD_=131072`` so glibc returns freed blocks at once.
 Gradients of every input tensor are dropped between steps, so each step allocates them
 afresh.
+
+A suite may run an implementation on ranks (its optional ``world_size(impl, cfg)``):
+the worker then spawns them (:func:`run_ranks`) and reports the slowest rank's time, the
+largest per-rank peak and the bytes each rank sends per step through
+:mod:`crossent.distributed`.
 """
 
 from __future__ import annotations
@@ -81,31 +86,121 @@ def _drop_grads(inputs) -> None:
         t.grad = None
 
 
-def measure(suite_name: str, impl: str, case_name: str, cfg: dict, reps: int, warmup: int) -> dict:
-    """Run ``warmup + reps`` steps here; the timed ones' median and the peak extra memory."""
-    suite = load(suite_name)
-    case = suite.CASES[case_name]
+def _steps(suite, impl: str, case: dict, cfg: dict, reps: int, warmup: int,
+           barrier=None) -> tuple[list[float], int, int]:
+    """``warmup + reps`` steps in this process: the timed ones, the peak extra memory and
+    the bytes sent through :mod:`crossent.distributed` per timed step (0 on one process)."""
+    from ..distributed import count_traffic
+
     inputs = suite.make_inputs(cfg, case)
     cuda = cfg.get("device") == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     mem = Memory(cfg.get("device", "cpu"))
-    times = []
+    times, sent = [], 0
     for i in range(warmup + reps):
         _drop_grads(inputs)
         if i == warmup:  # libraries and thread pools are loaded by now
             mem.start()
         sync()
-        t0 = time.perf_counter()
-        loss = suite.step(impl, inputs, cfg, case)
-        if loss is not None:
-            loss.backward()
-        sync()
+        if barrier is not None:
+            barrier()  # ranks start each step together
+        with count_traffic() as traffic:
+            t0 = time.perf_counter()
+            loss = suite.step(impl, inputs, cfg, case)
+            if loss is not None:
+                loss.backward()
+            sync()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
+            sent += traffic.bytes_sent
         del loss
-    return {"suite": suite_name, "impl": impl, "case": case_name,
-            "median_s": statistics.median(times), "times_s": times,
-            "peak_extra_bytes": mem.peak_extra()}
+    return times, mem.peak_extra(), sent // max(reps, 1)
+
+
+def world_size(suite, impl: str, cfg: dict) -> int | None:
+    """Ranks an implementation runs on: the suite's ``world_size(impl, cfg)`` (optional
+    in the suite contract); None: in this process, without a process group."""
+    fn = getattr(suite, "world_size", None)
+    ranks = fn(impl, cfg) if fn is not None else None
+    return None if ranks is None else int(ranks)
+
+
+def measure(suite_name: str, impl: str, case_name: str, cfg: dict, reps: int, warmup: int) -> dict:
+    """Run ``warmup + reps`` steps; the timed ones' median and the peak extra memory.
+
+    An implementation on ``W`` ranks runs in ``W`` processes spawned here (one
+    ``torch.distributed`` group: Gloo on CPU, NCCL on CUDA with one device per rank, each
+    rank with ``threads // W`` threads); the record gives the slowest rank's median, the
+    largest per-rank peak, every rank's numbers and the bytes each rank sent per step.
+    """
+    suite = load(suite_name)
+    case = suite.CASES[case_name]
+    ranks = world_size(suite, impl, cfg)
+    record = {"suite": suite_name, "impl": impl, "case": case_name}
+    if ranks is None:
+        times, peak, _ = _steps(suite, impl, case, cfg, reps, warmup)
+        return {**record, "median_s": statistics.median(times), "times_s": times,
+                "peak_extra_bytes": peak}
+    per_rank = run_ranks(ranks, suite_name, impl, case_name, cfg, reps, warmup)
+    return {**record, "world_size": ranks,
+            "median_s": max(r["median_s"] for r in per_rank),
+            "times_s": [max(t) for t in zip(*(r["times_s"] for r in per_rank))],
+            "peak_extra_bytes": max(r["peak_extra_bytes"] for r in per_rank),
+            "bytes_sent_per_step": max(r["bytes_sent_per_step"] for r in per_rank),
+            "ranks": per_rank}
+
+
+def _rank_main(rank: int, ranks: int, store: str, threads: int, args: tuple, results) -> None:
+    import torch.distributed as dist
+
+    suite_name, impl, case_name, cfg, reps, warmup = args
+    cuda = cfg.get("device") == "cuda"
+    if cuda:
+        torch.cuda.set_device(rank)
+    torch.set_num_threads(threads)
+    dist.init_process_group("nccl" if cuda else "gloo", store=dist.FileStore(store, ranks),
+                            rank=rank, world_size=ranks)
+    try:
+        suite = load(suite_name)
+        times, peak, sent = _steps(suite, impl, suite.CASES[case_name], cfg, reps, warmup,
+                                   barrier=dist.barrier)
+        results.put((rank, {"rank": rank, "median_s": statistics.median(times), "times_s": times,
+                            "peak_extra_bytes": peak, "bytes_sent_per_step": sent}))
+    finally:
+        dist.destroy_process_group()
+
+
+def run_ranks(ranks: int, suite_name: str, impl: str, case_name: str, cfg: dict, reps: int,
+              warmup: int) -> list[dict]:
+    """One measurement on ``ranks`` spawned processes; every rank's record, in rank order."""
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    threads = max(1, torch.get_num_threads() // ranks)
+    with tempfile.TemporaryDirectory(prefix="crossent-bench-") as tmp:
+        args = (suite_name, impl, case_name, cfg, reps, warmup)
+        procs = [ctx.Process(target=_rank_main, args=(r, ranks, f"{tmp}/store", threads, args,
+                                                       results))
+                 for r in range(ranks)]
+        for p in procs:
+            p.start()
+        out = {}
+        while len(out) < ranks:
+            try:
+                rank, rec = results.get(timeout=5)
+                out[rank] = rec
+            except Exception:
+                failed = [r for r, p in enumerate(procs) if p.exitcode not in (None, 0)]
+                if failed:
+                    for p in procs:
+                        p.kill()
+                    raise RuntimeError(f"bench rank(s) {failed} failed (see stderr above)")
+        for p in procs:
+            p.join()
+    return [out[r] for r in range(ranks)]
 
 
 def main(argv=None) -> int:

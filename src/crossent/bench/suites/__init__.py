@@ -14,6 +14,9 @@ A suite module defines (see :mod:`crossent.bench.suites.linear` for a full examp
     def step(impl, inputs, cfg, case)                  # one forward: the scalar to backward,
                                                        # or None when it did all its work
     def flops(cfg, case) -> float | None               # optional: a TFLOP/s column
+    def world_size(impl, cfg) -> int | None            # optional: W ranks (a process group)
+                                                       # the worker spawns for impl; None: in
+                                                       # the worker's process, no group
 
 :func:`load` imports a suite by name; the worker (:mod:`crossent.bench.worker`) and the
 command (:mod:`crossent.bench.command`) know nothing else about it.
@@ -28,6 +31,7 @@ from types import ModuleType
 SUITES: dict[str, str] = {
     "ce": "crossent.bench.suites.ce",
     "linear": "crossent.bench.suites.linear",
+    "parallel": "crossent.bench.suites.parallel",
 }
 
 
