@@ -276,5 +276,5 @@ def test_harness_reports_a_hang_as_a_timeout():
 
     with RankPool(2, timeout=60) as pool:
         with pytest.raises(RankTimeout, match=r"rank\(s\) \[0\] did not answer"):
-            pool.outcomes(_hang_job, timeout=2)
+            pool.outcomes(_hang_job, timeout=1)
         assert not pool.running  # killed; the next job would start a fresh pool
