@@ -241,6 +241,11 @@ def _inverse_temperature(temperature, like: torch.Tensor) -> torch.Tensor:
     return 1.0 / t
 
 
+def _normalize(x: torch.Tensor) -> torch.Tensor:
+    """L2-normalised rows, computed in the accumulation dtype (half inputs: float32)."""
+    return F.normalize(x.to(accumulation_dtype(x.dtype)), dim=1)
+
+
 def _options(memory_budget, tile_rows, tile_cols, backend, group, design) -> Options:
     return Options(memory_budget, tile_rows, tile_cols, backend, group, design)
 
@@ -305,7 +310,7 @@ def info_nce(query: torch.Tensor, positive_key: torch.Tensor, negative_keys: tor
         keys = torch.cat([positive_key, negative_keys])
     scale = _inverse_temperature(temperature, query)
     if normalize:
-        query, keys = F.normalize(query, dim=1), F.normalize(keys, dim=1)
+        query, keys = _normalize(query), _normalize(keys)
     n = query.shape[0]
     prob = Problem("softmax", query, keys, positive=torch.arange(n, device=query.device))
     res = _statistics(prob, scale, None, opts)
@@ -328,7 +333,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, *, temperature=0.5, group=None,
     opts = _options(memory_budget, tile_rows, tile_cols, backend, group, design)
     _check_pair("z1", z1, "z2", z2, same_rows=True, opts=opts)
     scale = _inverse_temperature(temperature, z1)
-    views = F.normalize(torch.cat([z1, z2]), dim=1)
+    views = _normalize(torch.cat([z1, z2]))
     n = z1.shape[0]
     k = torch.arange(2 * n, device=z1.device)
     prob = Problem("softmax", views, views, positive=(k + n) % (2 * n), self_offset=0)
@@ -368,7 +373,10 @@ def supcon_loss(features: torch.Tensor, labels: torch.Tensor | None = None, *, t
                 "pass labels, e.g. the global index of each sample")
         labels = torch.arange(n, device=features.device)
     else:
-        _checks.check_index_target_dtype(labels) if labels.dtype != torch.int32 else None
+        if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.is_complex() \
+                or labels.dtype == torch.bool:
+            got = labels.dtype if isinstance(labels, torch.Tensor) else type(labels).__name__
+            raise _checks.ArgumentTypeError(f"labels must be an integer tensor (e.g. Long), got {got}")
         if labels.dim() != 1 or labels.shape[0] != n:
             raise _checks.ArgumentError(f"labels must have shape [{n}] (one per sample), got {list(labels.shape)}")
         if labels.device != features.device:
@@ -376,7 +384,7 @@ def supcon_loss(features: torch.Tensor, labels: torch.Tensor | None = None, *, t
     _check_pair("features", anchors, "features", anchors, same_rows=True, opts=opts)
     scale = _inverse_temperature(temperature, features)
     base = _checks.check_positive("base_temperature", base_temperature)
-    anchors = F.normalize(anchors, dim=1)
+    anchors = _normalize(anchors)
     prob = Problem("softmax", anchors, anchors, labels=labels.long().repeat(num_views), self_offset=0)
     res = _statistics(prob, scale, None, opts)
     target = res.row_target
