@@ -1,40 +1,80 @@
-"""``crossent bench linear`` at tiny shapes: runs workers, prints the side-by-side table."""
+"""``crossent bench`` at tiny shapes: runs workers, prints the side-by-side table."""
 
 import argparse
 import json
 
+import pytest
+import torch
+
 from crossent.bench import command
+from crossent.bench.suites import SUITES, load
 from crossent.bench.worker import main as worker_main
 
 
-def test_bench_linear_tiny(tmp_path, capsys):
+def _parse(argv):
     parser = argparse.ArgumentParser()
     command.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_bench_linear_tiny(tmp_path, capsys):
     out = tmp_path / "r.json"
-    args = parser.parse_args(["linear", "--n", "16", "--h", "8", "--v", "40", "--reps", "1",
-                              "--warmup", "0", "--cases", "default", "z_loss",
-                              "--impls", "crossent", "torch_chunked", "--json", str(out)])
+    args = _parse(["linear", "--set", "n=16", "h=8", "v=40", "--reps", "1", "--warmup", "0",
+                   "--cases", "default", "z_loss", "--impls", "crossent", "torch_chunked",
+                   "--json", str(out)])
     assert command.run(args) == 0
     text = capsys.readouterr().out
-    assert "case default" in text and "case z_loss" in text and "time/torch" in text
+    assert "case default" in text and "case z_loss" in text and "time/base" in text
     data = json.loads(out.read_text())
-    assert {r["impl"] for r in data["results"]} == {"crossent", "torch_chunked"}
-    assert all("error" not in r and r["median_s"] > 0 for r in data["results"])
+    (suite,) = data["suites"]
+    assert suite["config"]["n"] == 16 and suite["config"]["v"] == 40
+    assert {r["impl"] for r in suite["results"]} == {"crossent", "torch_chunked"}
+    assert {r["case"] for r in suite["results"]} == {"default", "z_loss"}
+    assert all("error" not in r and r["median_s"] > 0 for r in suite["results"])
+    base = next(r for r in suite["results"] if r["impl"] == "torch_chunked" and r["case"] == "default")
+    assert base["time_ratio"] == 1.0
+
+
+def test_bench_ce_tiny_with_plot(tmp_path, capsys):
+    png = tmp_path / "r.png"
+    args = _parse(["ce", "--set", "n=8", "c=30", "--reps", "1", "--warmup", "0",
+                   "--cases", "default", "bf16", "--plot", str(png)])
+    assert command.run(args) == 0
+    assert "case bf16" in capsys.readouterr().out
+    assert png.stat().st_size > 1000
+
+
+def test_unknown_suite_preset_case_are_errors(capsys):
+    assert command.run(_parse(["nope"])) == 2
+    assert command.run(_parse(["ce", "--preset", "nope"])) == 2
+    assert command.run(_parse(["ce", "--cases", "nope"])) == 2
+    assert command.run(_parse(["ce", "--set", "n"])) == 2
+    err = capsys.readouterr().err
+    assert "unknown suite" in err and "no preset 'nope'" in err and "case(s) ['nope']" in err
+    assert "KEY=VALUE" in err
 
 
 def test_gpu_preset_skips_without_cuda(capsys):
-    parser = argparse.ArgumentParser()
-    command.add_arguments(parser)
-    import torch
-
     if torch.cuda.is_available():
-        return
-    assert command.run(parser.parse_args(["linear", "--preset", "gemma2-2b"])) == 0
+        pytest.skip("this machine has CUDA: the preset runs instead of skipping")
+    assert command.run(_parse(["linear", "--preset", "gemma2-2b"])) == 0
     assert "skipping" in capsys.readouterr().out
 
 
 def test_worker_reports_json(capsys):
-    assert worker_main(["--impl", "crossent", "--case", "probs", "--n", "8", "--h", "4",
-                        "--v", "10", "--reps", "1", "--warmup", "0"]) == 0
+    cfg = {"n": 8, "h": 4, "v": 10, "dtype": "float32", "device": "cpu"}
+    assert worker_main(["--suite", "linear", "--impl", "crossent", "--case", "probs",
+                        "--config", json.dumps(cfg), "--reps", "1", "--warmup", "0"]) == 0
     rec = json.loads(capsys.readouterr().out.strip())
     assert rec["impl"] == "crossent" and rec["median_s"] > 0
+
+
+@pytest.mark.parametrize("name", list(SUITES))
+def test_suites_follow_the_contract(name):
+    suite = load(name)
+    assert isinstance(suite.DESCRIPTION, str) and suite.DESCRIPTION
+    assert "default" in suite.PRESETS and suite.BASELINE in suite.IMPLS
+    assert suite.FLOOR is None or suite.FLOOR in suite.IMPLS
+    for preset in suite.PRESETS.values():
+        assert {"dtype", "device", "cases"} <= set(preset)
+        assert set(preset["cases"]) <= set(suite.CASES)

@@ -1,11 +1,14 @@
-"""``crossent bench linear``: forward+backward time and peak extra memory, side by side.
+"""``crossent bench [SUITE ...]``: time and peak memory side by side, each in its own process.
 
-Each implementation runs in its own Python process (:mod:`crossent.bench.worker`), so
-one's allocations never inflate another's peak. ``--rounds R`` repeats every process R
-times, interleaved, and reports the median, which damps a busy machine. Ratios are
-against PyTorch's chunked ``F.linear_cross_entropy``. Presets give the GPU shapes of
-Llama-3-8B and Gemma-2-2B (8192 tokens, bf16); Liger-Kernel and cut-cross-entropy join
-on CUDA when installed.
+Every (suite, case, implementation) runs in a fresh Python process
+(:mod:`crossent.bench.worker`), so one implementation's allocations never inflate
+another's peak. ``--rounds R`` repeats every process R times, interleaved, and reports
+the median, which damps a busy machine. Each suite names its baseline (PyTorch) and,
+optionally, its floor (what the hardware allows); the table gives ratios to both.
+
+    crossent bench                                  # every suite, default presets
+    crossent bench linear --preset cpu-judged --json out.json --plot out.png
+    crossent bench ce --set n=8192 c=50257 --cases default bf16
 """
 
 from __future__ import annotations
@@ -20,52 +23,42 @@ import sys
 
 import torch
 
-from .linear import CASES, IMPLS, available
-
-SUITES = ("linear",)
-PRESETS = {
-    "cpu-small": dict(n=2048, h=512, v=16000, dtype="float32", device="cpu", cases=["default"]),
-    "cpu-judged": dict(n=4096, h=1024, v=32000, dtype="float32", device="cpu", cases=list(CASES)),
-    "llama3-8b": dict(n=8192, h=4096, v=128256, dtype="bfloat16", device="cuda", cases=["default"]),
-    "gemma2-2b": dict(n=8192, h=2304, v=256000, dtype="bfloat16", device="cuda", cases=["softcap"]),
-}
+from .suites import SUITES, load
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("suite", choices=SUITES, help="what to benchmark")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small")
-    parser.add_argument("--n", type=int, help="tokens")
-    parser.add_argument("--h", type=int, help="hidden size")
-    parser.add_argument("--v", type=int, help="vocabulary size")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"))
-    parser.add_argument("--device", choices=("cpu", "cuda"))
-    parser.add_argument("--cases", nargs="+", choices=sorted(CASES))
-    parser.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS))
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("suites", nargs="*", metavar="SUITE",
+                        help=f"what to benchmark, any of {', '.join(SUITES)} (default: all)")
+    parser.add_argument("--preset", default="default",
+                        help="a preset of the suite(s): shapes, dtype, device, cases")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="override preset entries, e.g. --set n=4096 dtype=bfloat16")
+    parser.add_argument("--cases", nargs="+", help="only these cases")
+    parser.add_argument("--impls", nargs="+", help="only these implementations")
+    parser.add_argument("--reps", type=int, default=3, help="timed steps per process")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="processes per implementation, interleaved (median reported)")
+    parser.add_argument("--json", help="also write the raw results to this file")
+    parser.add_argument("--plot", help="also draw the time and memory ratios to this PNG")
 
 
-def _config(args) -> dict:
-    cfg = dict(PRESETS[args.preset])
-    for key in ("n", "h", "v", "dtype", "device", "cases"):
-        if getattr(args, key) is not None:
-            cfg[key] = getattr(args, key)
-    return cfg
+def _value(text: str):
+    """``--set`` values: JSON when it parses (numbers, lists), else the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
-def _run_worker(impl: str, case: str, cfg: dict, args) -> dict:
-    cmd = [sys.executable, "-m", "crossent.bench.worker", "--impl", impl, "--case", case,
-           "--n", str(cfg["n"]), "--h", str(cfg["h"]), "--v", str(cfg["v"]),
-           "--dtype", cfg["dtype"], "--device", cfg["device"],
-           "--reps", str(args.reps), "--warmup", str(args.warmup)]
-    # Return freed blocks to the OS at once, so resident-set peaks are allocation peaks.
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        return {"impl": impl, "case": case, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def parse_overrides(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
+        out[key] = _value(value)
+    return out
 
 
 def machine() -> str:
@@ -79,47 +72,146 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} CPUs, {gpu}, torch {torch.__version__}"
 
 
-def run(args) -> int:
-    cfg = _config(args)
+def run_worker(suite: str, impl: str, case: str, cfg: dict, reps: int, warmup: int) -> dict:
+    """One worker process; its JSON record, or ``{"error": last stderr line}``."""
+    cmd = [sys.executable, "-m", "crossent.bench.worker", "--suite", suite, "--impl", impl,
+           "--case", case, "--config", json.dumps(cfg), "--reps", str(reps),
+           "--warmup", str(warmup)]
+    # Return freed blocks to the OS at once, so resident-set peaks are allocation peaks.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"]
+        return {"suite": suite, "impl": impl, "case": case, "error": lines[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _select(wanted: list[str] | None, default, known) -> list[str]:
+    """``wanted`` names that ``known`` has (all of ``default`` when nothing is asked)."""
+    if not wanted:
+        return [d for d in default if d in known]
+    return [w for w in wanted if w in known]
+
+
+def _config(module, suite: str, preset: str, overrides: dict) -> dict:
+    if preset not in module.PRESETS:
+        raise ValueError(f"suite {suite!r} has no preset {preset!r}; "
+                         f"its presets: {sorted(module.PRESETS)}")
+    return {**module.PRESETS[preset], **overrides}
+
+
+def _median(records: list[dict]) -> dict:
+    ok = [r for r in records if "error" not in r]
+    if not ok:
+        return dict(records[0])
+    return {**ok[0], "median_s": statistics.median(r["median_s"] for r in ok),
+            "peak_extra_bytes": statistics.median(r["peak_extra_bytes"] for r in ok),
+            "rounds": len(ok)}
+
+
+def _ratio(a, b) -> float:
+    return a / b if a is not None and b else float("nan")
+
+
+def bench_suite(suite: str, args, overrides: dict) -> dict:
+    module = load(suite)
+    cfg = _config(module, suite, args.preset, overrides)
+    cases = _select(args.cases, cfg["cases"], module.CASES)
+    impls = [i for i in _select(args.impls, module.IMPLS, module.IMPLS) if module.available(i, cfg)]
+    shape = " ".join(f"{k}={v}" for k, v in cfg.items() if k not in ("cases", "device", "dtype"))
+    print(f"\n== {suite}: {module.DESCRIPTION}\n   {shape} {cfg['dtype']} on {cfg['device']}")
     if cfg["device"] == "cuda" and not torch.cuda.is_available():
-        print(f"preset/device needs CUDA, which is not available here ({machine()}); skipping")
-        return 0
-    impls = [i for i in args.impls if available(i, cfg["device"])]
-    flops = 6 * cfg["n"] * cfg["h"] * cfg["v"]
-    print(f"crossent bench linear: N={cfg['n']} H={cfg['h']} V={cfg['v']} {cfg['dtype']} "
-          f"on {cfg['device']}; {machine()}")
+        print("   needs CUDA, which is not available here; skipping")
+        return {"suite": suite, "config": cfg, "skipped": "no CUDA", "results": []}
     results = []
-    for case in cfg["cases"]:
+    flops_fn = getattr(module, "flops", None)
+    for case in cases:
         runs: dict[str, list[dict]] = {i: [] for i in impls}
         for _ in range(args.rounds):
             for impl in impls:
-                runs[impl].append(_run_worker(impl, case, cfg, args))
-        rows = {}
-        for impl, rs in runs.items():
-            ok = [r for r in rs if "error" not in r]
-            if not ok:
-                rows[impl] = {"impl": impl, "case": case, "error": rs[0]["error"]}
-                continue
-            rows[impl] = {
-                "impl": impl, "case": case,
-                "median_s": statistics.median(r["median_s"] for r in ok),
-                "peak_extra_bytes": statistics.median(r["peak_extra_bytes"] for r in ok),
-            }
-        base = rows.get("torch_chunked", {})
+                runs[impl].append(run_worker(suite, impl, case, cfg, args.reps, args.warmup))
+        rows = {impl: _median(rs) for impl, rs in runs.items()}
+        base = rows.get(module.BASELINE, {})
+        floor = rows.get(module.FLOOR, {}) if module.FLOOR else {}
+        work = flops_fn(cfg, module.CASES[case]) if flops_fn else None
         print(f"\ncase {case}")
-        print(f"{'impl':<14}{'ms':>10}{'TFLOP/s':>9}{'peak MiB':>10}{'time/torch':>12}{'mem/torch':>11}")
+        print(f"{'impl':<16}{'ms':>10}{'TFLOP/s':>9}{'peak MiB':>10}{'time/base':>11}"
+              f"{'mem/base':>10}{'time/floor':>12}")
         for impl, r in rows.items():
             if "error" in r:
-                print(f"{impl:<14} error: {r['error']}")
+                print(f"{impl:<16} error: {r['error']}")
+                results.append(r)
                 continue
-            t_ratio = r["median_s"] / base["median_s"] if "median_s" in base else float("nan")
-            m_ratio = (r["peak_extra_bytes"] / base["peak_extra_bytes"]
-                       if base.get("peak_extra_bytes") else float("nan"))
-            print(f"{impl:<14}{r['median_s'] * 1e3:>10.1f}{flops / r['median_s'] / 1e12:>9.3f}"
-                  f"{r['peak_extra_bytes'] / 2**20:>10.1f}{t_ratio:>12.3f}{m_ratio:>11.3f}")
-            r.update(time_ratio=t_ratio, mem_ratio=m_ratio)
-        results.extend(rows.values())
+            r.update(time_ratio=_ratio(r["median_s"], base.get("median_s")),
+                     mem_ratio=_ratio(r["peak_extra_bytes"], base.get("peak_extra_bytes")),
+                     floor_ratio=_ratio(r["median_s"], floor.get("median_s")))
+            tflops = f"{work / r['median_s'] / 1e12:.3f}" if work else "-"
+            print(f"{impl:<16}{r['median_s'] * 1e3:>10.1f}{tflops:>9}"
+                  f"{r['peak_extra_bytes'] / 2**20:>10.1f}{r['time_ratio']:>11.3f}"
+                  f"{r['mem_ratio']:>10.3f}{r['floor_ratio']:>12.3f}")
+            results.append(r)
+    return {"suite": suite, "preset": args.preset, "config": cfg, "baseline": module.BASELINE,
+            "floor": module.FLOOR, "results": results}
+
+
+def plot(report: dict, path: str) -> None:
+    """Bars of time/base and mem/base per (suite, case), one bar per implementation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    groups = [(s["suite"], case) for s in report["suites"]
+              for case in dict.fromkeys(r["case"] for r in s["results"])]
+    impls = list(dict.fromkeys(r["impl"] for s in report["suites"] for r in s["results"]))
+    fig = Figure(figsize=(max(6, 1.2 * len(groups) * max(1, len(impls)) / 2), 6),
+                 layout="constrained")
+    axes = fig.subplots(2, 1, sharex=True)
+    width = 0.8 / max(1, len(impls))
+    for ax, key, label in ((axes[0], "time_ratio", "time / baseline"),
+                           (axes[1], "mem_ratio", "peak memory / baseline")):
+        for k, impl in enumerate(impls):
+            values = []
+            for suite, case in groups:
+                rec = next((r for s in report["suites"] if s["suite"] == suite
+                            for r in s["results"] if r["case"] == case and r["impl"] == impl), {})
+                values.append(rec.get(key, float("nan")))
+            ax.bar([g + k * width for g in range(len(groups))], values, width, label=impl)
+        ax.axhline(1.0, color="black", lw=0.8)
+        ax.set_ylabel(label)
+    axes[0].legend(fontsize=8, ncols=min(4, len(impls)))
+    axes[1].set_xticks([g + 0.4 - width / 2 for g in range(len(groups))],
+                       [f"{s}\n{c}" for s, c in groups], fontsize=8)
+    fig.suptitle(report["machine"], fontsize=9)
+    fig.savefig(path, dpi=120)
+
+
+def run(args) -> int:
+    suites = args.suites or list(SUITES)
+    unknown = [s for s in suites if s not in SUITES]
+    if unknown:
+        print(f"crossent bench: unknown suite(s) {unknown}; expected any of {list(SUITES)}",
+              file=sys.stderr)
+        return 2
+    try:
+        overrides = parse_overrides(args.overrides)
+        modules = {s: load(s) for s in suites}
+        for s, module in modules.items():
+            _config(module, s, args.preset, overrides)
+        for what, wanted, known in (("case", args.cases, "CASES"), ("impl", args.impls, "IMPLS")):
+            missing = [w for w in wanted or [] if not any(w in getattr(m, known)
+                                                          for m in modules.values())]
+            if missing:
+                raise ValueError(f"no selected suite has the {what}(s) {missing}")
+    except ValueError as exc:
+        print(f"crossent bench: {exc}", file=sys.stderr)
+        return 2
+    print(f"crossent bench on {machine()}")
+    report = {"machine": machine(), "argv": sys.argv[1:],
+              "suites": [bench_suite(s, args, overrides) for s in suites]}
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"config": cfg, "machine": machine(), "results": results}, f, indent=1)
+            json.dump(report, f, indent=1)
+    if args.plot:
+        plot(report, args.plot)
     return 0

@@ -1,14 +1,19 @@
 """One implementation, one case, in this process: ``python -m crossent.bench.worker``.
 
-Prints one JSON line: median forward+backward seconds over ``--reps`` after
-``--warmup`` runs, and peak extra memory in bytes.
+    python -m crossent.bench.worker --suite linear --impl crossent --case default \
+        --config '{"n": 2048, "h": 512, "v": 16000, "dtype": "float32", "device": "cpu"}'
+
+Prints one JSON line: median step seconds over ``--reps`` after ``--warmup`` steps, and
+the peak extra memory in bytes. A step is the suite's forward (``suite.step``) and, when
+it returns a tensor, ``.backward()`` on it.
 
 Peak extra memory: on CUDA, ``max_memory_allocated`` minus the allocation after the
 inputs exist. On CPU, the process's peak resident set (``VmHWM``) minus its resident
 set after the inputs exist and the warm-up ran; the peak is reset first by writing ``5`` to
 ``/proc/self/clear_refs`` (Linux), so input creation does not count. The bench runs
-workers with ``MALLOC_MMAP_THRESHOLD_=131072`` so glibc returns freed blocks at once. Gradients are
-dropped between repetitions, so each repetition allocates them afresh.
+workers with ``MALLOC_MMAP_THRESHOLD_=131072`` so glibc returns freed blocks at once.
+Gradients of every input tensor are dropped between steps, so each step allocates them
+afresh.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import time
 
 import torch
 
+from .suites import load
+
 
 def _status_kib(field: str) -> int:
     with open("/proc/self/status") as f:
@@ -30,7 +37,9 @@ def _status_kib(field: str) -> int:
     return 0
 
 
-class _Memory:
+class Memory:
+    """Peak extra memory of what runs between :meth:`start` and :meth:`peak_extra`."""
+
     def __init__(self, device: str):
         self.cuda = device == "cuda"
 
@@ -55,40 +64,63 @@ class _Memory:
         return _status_kib("VmHWM") * 1024 - self.base
 
 
-def main(argv=None) -> int:
-    from .linear import CASES, make_inputs, step
+def _tensors(inputs):
+    """Every tensor in a (nested) tuple/list/dict of inputs."""
+    if isinstance(inputs, torch.Tensor):
+        yield inputs
+    elif isinstance(inputs, dict):
+        for value in inputs.values():
+            yield from _tensors(value)
+    elif isinstance(inputs, (tuple, list)):
+        for value in inputs:
+            yield from _tensors(value)
 
-    p = argparse.ArgumentParser()
-    p.add_argument("--impl", required=True)
-    p.add_argument("--case", default="default")
-    p.add_argument("--n", type=int, required=True)
-    p.add_argument("--h", type=int, required=True)
-    p.add_argument("--v", type=int, required=True)
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    a = p.parse_args(argv)
-    case = CASES[a.case]
-    x, w, y = make_inputs(a.n, a.h, a.v, getattr(torch, a.dtype), a.device, case)
-    sync = torch.cuda.synchronize if a.device == "cuda" else (lambda: None)
-    mem = _Memory(a.device)
+
+def _drop_grads(inputs) -> None:
+    for t in _tensors(inputs):
+        t.grad = None
+
+
+def measure(suite_name: str, impl: str, case_name: str, cfg: dict, reps: int, warmup: int) -> dict:
+    """Run ``warmup + reps`` steps here; the timed ones' median and the peak extra memory."""
+    suite = load(suite_name)
+    case = suite.CASES[case_name]
+    inputs = suite.make_inputs(cfg, case)
+    cuda = cfg.get("device") == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    mem = Memory(cfg.get("device", "cpu"))
     times = []
-    for i in range(a.warmup + a.reps):
-        x.grad = w.grad = None
-        if i == a.warmup:  # libraries and thread pools are loaded by now
+    for i in range(warmup + reps):
+        _drop_grads(inputs)
+        if i == warmup:  # libraries and thread pools are loaded by now
             mem.start()
         sync()
         t0 = time.perf_counter()
-        loss = step(a.impl, x, w, y, case)
-        loss.backward()
+        loss = suite.step(impl, inputs, cfg, case)
+        if loss is not None:
+            loss.backward()
         sync()
-        if i >= a.warmup:
+        if i >= warmup:
             times.append(time.perf_counter() - t0)
         del loss
-    peak = mem.peak_extra()
-    print(json.dumps({"impl": a.impl, "case": a.case, "median_s": statistics.median(times),
-                      "times_s": times, "peak_extra_bytes": peak}))
+    return {"suite": suite_name, "impl": impl, "case": case_name,
+            "median_s": statistics.median(times), "times_s": times,
+            "peak_extra_bytes": mem.peak_extra()}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--suite", required=True)
+    p.add_argument("--impl", required=True)
+    p.add_argument("--case", default="default")
+    p.add_argument("--config", required=True, help="the suite's configuration, as JSON")
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    a = p.parse_args(argv)
+    if a.reps < 1:
+        p.error("--reps must be at least 1")
+    record = measure(a.suite, a.impl, a.case, json.loads(a.config), a.reps, a.warmup)
+    print(json.dumps(record))
     return 0
 
 

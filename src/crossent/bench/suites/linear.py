@@ -1,4 +1,4 @@
-"""Implementations and cases of ``crossent bench linear``.
+"""``crossent bench linear``: the fused linear cross-entropy against PyTorch and peers.
 
 Cases are option sets; every implementation runs forward + backward on the same
 inputs. PyTorch's chunked ``F.linear_cross_entropy(options=LinearCrossEntropyOptions())``
@@ -21,21 +21,43 @@ CASES: dict[str, dict] = {
     "probs": {"probs": True},
     "z_loss": {"z_loss": 1e-4},
     "softcap": {"softcap": 30.0},
+    # the memory budget as a time/memory dial (crossent only; the others ignore it)
+    "budget_8mib": {"memory_budget": 8 << 20},
+    "budget_16mib": {"memory_budget": 16 << 20},
+    "budget_32mib": {"memory_budget": 32 << 20},
 }
 
+DESCRIPTION = "fused linear cross-entropy: hidden states x output weight, no N x V logits"
 IMPLS = ("crossent", "torch_chunked", "torch_logits", "liger", "cce")
+BASELINE = "torch_chunked"
+FLOOR = None
+
+PRESETS = {
+    "default": dict(n=2048, h=512, v=16000, dtype="float32", device="cpu", cases=["default"]),
+    "cpu-judged": dict(n=4096, h=1024, v=32000, dtype="float32", device="cpu",
+                       cases=["default", "label_smoothing", "none", "probs", "z_loss", "softcap"]),
+    "llama3-8b": dict(n=8192, h=4096, v=128256, dtype="bfloat16", device="cuda", cases=["default"]),
+    "gemma2-2b": dict(n=8192, h=2304, v=256000, dtype="bfloat16", device="cuda", cases=["softcap"]),
+}
 
 
-def available(impl: str, device: str) -> bool:
+def available(impl: str, cfg: dict) -> bool:
     if impl in ("crossent", "torch_chunked", "torch_logits"):
         return True
-    if device != "cuda" or not torch.cuda.is_available():
+    if cfg["device"] != "cuda" or not torch.cuda.is_available():
         return False
     module = {"liger": "liger_kernel", "cce": "cut_cross_entropy"}[impl]
     return importlib.util.find_spec(module) is not None
 
 
-def make_inputs(n: int, h: int, v: int, dtype: torch.dtype, device: str, case: dict, seed: int = 0):
+def flops(cfg: dict, case: dict) -> float:
+    """The three matmuls of forward + backward: ``x W^T``, ``G W`` and ``G^T x``."""
+    return 6.0 * cfg["n"] * cfg["h"] * cfg["v"]
+
+
+def make_inputs(cfg: dict, case: dict, seed: int = 0):
+    n, h, v, device = cfg["n"], cfg["h"], cfg["v"], cfg["device"]
+    dtype = getattr(torch, cfg["dtype"])
     g = torch.Generator(device="cpu").manual_seed(seed)
     x = torch.randn(n, h, generator=g).to(device=device, dtype=dtype).requires_grad_()
     w = (torch.randn(v, h, generator=g) * h ** -0.5).to(device=device, dtype=dtype).requires_grad_()
@@ -58,8 +80,9 @@ def _torch_logits_loss(x, w, y, case):
     return loss
 
 
-def step(impl: str, x, w, y, case: dict) -> torch.Tensor:
+def step(impl: str, inputs, cfg: dict, case: dict) -> torch.Tensor:
     """One forward; returns the (reduced to a scalar) loss to backpropagate."""
+    x, w, y = inputs
     reduction = case.get("reduction", "mean")
     if impl == "crossent":
         from crossent.linear import linear_cross_entropy
@@ -67,6 +90,7 @@ def step(impl: str, x, w, y, case: dict) -> torch.Tensor:
         loss = linear_cross_entropy(
             x, w, y, reduction=reduction, label_smoothing=case.get("label_smoothing", 0.0),
             z_loss=case.get("z_loss", 0.0), softcap=case.get("softcap"),
+            memory_budget=case.get("memory_budget"),
         )
     elif impl == "torch_chunked":
         if case.get("z_loss") or case.get("softcap"):

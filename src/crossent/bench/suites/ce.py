@@ -1,0 +1,55 @@
+"""``crossent bench ce``: ``crossent.cross_entropy`` against ``F.cross_entropy`` on given logits.
+
+Every implementation runs forward + backward on the same ``N x C`` logits. The peak extra
+memory includes the logits' gradient (``N x C`` in the input's dtype), which both need.
+A case may override the preset's dtype (``bf16``: the logits in bfloat16).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+DESCRIPTION = "cross-entropy on given logits (the core), against F.cross_entropy"
+
+CASES: dict[str, dict] = {
+    "default": {},
+    "label_smoothing": {"label_smoothing": 0.1},
+    "ignore_half": {"ignore_half": True},
+    "bf16": {"dtype": "bfloat16"},
+}
+IMPLS = ("crossent", "torch")
+BASELINE = "torch"
+FLOOR = None
+
+PRESETS = {
+    "default": dict(n=4096, c=32000, dtype="float32", device="cpu", cases=list(CASES)),
+    "small": dict(n=1024, c=8000, dtype="float32", device="cpu", cases=["default"]),
+}
+
+
+def available(impl: str, cfg: dict) -> bool:
+    return impl in IMPLS and (cfg["device"] != "cuda" or torch.cuda.is_available())
+
+
+def make_inputs(cfg: dict, case: dict, seed: int = 0):
+    n, c = cfg["n"], cfg["c"]
+    dtype = getattr(torch, case.get("dtype", cfg["dtype"]))
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, generator=g).to(device=cfg["device"], dtype=dtype).requires_grad_()
+    y = torch.randint(0, c, (n,), generator=g)
+    if case.get("ignore_half"):
+        y[::2] = -100
+    return x, y.to(cfg["device"])
+
+
+def step(impl: str, inputs, cfg: dict, case: dict) -> torch.Tensor:
+    x, y = inputs
+    kwargs = {"label_smoothing": case.get("label_smoothing", 0.0)}
+    if impl == "crossent":
+        import crossent
+
+        return crossent.cross_entropy(x, y, **kwargs)
+    if impl == "torch":
+        return F.cross_entropy(x, y, **kwargs)
+    raise ValueError(f"unknown implementation {impl!r}")
