@@ -7,9 +7,6 @@ by term (no crossent code). Used by ``test_contrastive.py`` (one device) and
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 
@@ -90,14 +87,8 @@ def siglip(image, text, scale, bias):
 
 
 def open_clip_loss_module():
-    """open_clip's ``loss.py``, loaded by path: the package's ``__init__`` imports
-    torchvision, whose PyPI build is linked against CUDA torch and does not load against
-    the CPU torch; ``loss.py`` itself needs only torch. None when not installed."""
-    spec = importlib.util.find_spec("open_clip")
-    if spec is None or spec.origin is None:
-        return None
-    path = Path(spec.origin).parent / "loss.py"
-    mod_spec = importlib.util.spec_from_file_location("_open_clip_loss", path)
-    module = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(module)
-    return module
+    """open_clip's own ``loss.py`` (None when not installed); loaded by path, see
+    :func:`crossent.bench.suites.contrastive.open_clip_loss_module` for why."""
+    from crossent.bench.suites.contrastive import open_clip_loss_module as load
+
+    return load()

@@ -375,3 +375,20 @@ def test_errors_name_the_argument():
         ce.supcon_loss(torch.randn(2, 2, 2, 2))
     with pytest.raises(ce.ArgumentError, match="negative_keys"):
         ce.info_nce(x, x, torch.randn(2, 5))
+
+
+def test_tour_clip_training_uses_clip_loss():
+    # The tour's figure 07 trains two heads with ce.clip_loss; its first loss must be the
+    # symmetric CLIP loss written with F.cross_entropy on the same logits.
+    from crossent.tour import clip_demo
+
+    hist = clip_demo.train(steps=2)
+    img, txt = clip_demo.generate_pairs()
+    g = torch.Generator().manual_seed(clip_demo.SEED + 1)
+    w_img = torch.randn(img.shape[1], 16, generator=g, dtype=D) / img.shape[1] ** 0.5
+    w_txt = torch.randn(txt.shape[1], 16, generator=g, dtype=D) / txt.shape[1] ** 0.5
+    logits = 10.0 * F.normalize(img @ w_img, dim=1) @ F.normalize(txt @ w_txt, dim=1).T
+    diag = torch.arange(logits.shape[0])
+    expected = (F.cross_entropy(logits, diag) + F.cross_entropy(logits.T, diag)) / 2
+    assert abs(hist.loss[0] - expected.item()) < 1e-12
+    assert hist.loss[-1] < hist.loss[0]
