@@ -37,3 +37,23 @@ def _seed_torch():
     """Seed torch's global generator before each test (tests stay order-independent)."""
     torch.manual_seed(0)
     yield
+
+
+# --- distributed tests: one pool of W Gloo processes per world size, shared by the session
+@pytest.fixture(scope="session")
+def rank_pool():
+    """``rank_pool(W)``: a started :class:`distributed_harness.RankPool` of ``W`` ranks,
+    spawned once per test session (per xdist worker) and reused by every job."""
+    from distributed_harness import RankPool
+
+    pools: dict[int, RankPool] = {}
+
+    def get(world_size: int) -> RankPool:
+        if world_size not in pools:
+            pools[world_size] = RankPool(world_size)
+        pools[world_size].start()
+        return pools[world_size]
+
+    yield get
+    for pool in pools.values():
+        pool.__exit__(None, None, None)
