@@ -138,13 +138,18 @@ class Result:
     total_rows: int  # rows in the global batch
     total_cols: int  # columns in the global batch
     row_target: Any  # the rows' target (its ``mass`` for SupCon)
+    scale: torch.Tensor | None = None  # the 0-d scale the statistics were taken with
 
 
-def _statistics(prob: Problem, scale: torch.Tensor, bias: torch.Tensor | None, opts: Options) -> Result:
+def _run(context: str, opts: Options, build) -> Result:
+    """Validate and build the problem (``build() -> (Problem, scale, bias)``), then its
+    complete statistics: on one device, or across the ranks of ``opts.group`` (where a
+    local argument error is raised on every rank, see :mod:`crossent.contrastive_dist`)."""
     if _distributed(opts.group):
         from . import contrastive_dist
 
-        return contrastive_dist.statistics(prob, scale, bias, opts)
+        return contrastive_dist.run(context, opts, build)
+    prob, scale, bias = build()
     backend = resolve_backend(opts.backend, prob.a.device)
     count = None
     if prob.labels is not None:
@@ -153,7 +158,7 @@ def _statistics(prob: Problem, scale: torch.Tensor, bias: torch.Tensor | None, o
     n, m = prob.a.shape[0], prob.b.shape[0]
     blk = prob.block(target, 0, 0, m)
     stats = sim.similarity_statistics(prob.a, prob.b, scale, bias, blk, opts.plan(n, m), backend)
-    return Result(stats, 0, n, m, target)
+    return Result(stats, 0, n, m, target, scale)
 
 
 def _distributed(group) -> bool:
@@ -274,13 +279,16 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
     and the text columns' statistics at once. Returns a 0-d tensor.
     """
     opts = _options(memory_budget, tile_rows, tile_cols, backend, group, design)
-    _check_pair("image_features", image_features, "text_features", text_features, same_rows=True, opts=opts)
-    scale = _as_scalar("logit_scale", logit_scale, image_features)
-    bias = _as_scalar("logit_bias", logit_bias, image_features, allow_none=True)
-    n = image_features.shape[0]
-    prob = Problem("softmax", image_features, text_features,
-                   positive=torch.arange(n, device=image_features.device), cols=True)
-    res = _statistics(prob, scale, bias, opts)
+
+    def build():
+        _check_pair("image_features", image_features, "text_features", text_features,
+                    same_rows=True, opts=opts)
+        scale = _as_scalar("logit_scale", logit_scale, image_features)
+        bias = _as_scalar("logit_bias", logit_bias, image_features, allow_none=True)
+        positive = torch.arange(image_features.shape[0], device=image_features.device)
+        return Problem("softmax", image_features, text_features, positive=positive, cols=True), scale, bias
+
+    res = _run("crossent.clip_loss", opts, build)
     s = res.stats
     local = (s.row_agg - s.row_dot).sum() + (s.col_agg - s.col_dot).sum()
     return _finish(_global_sum(local, opts) / (2 * res.total_rows), image_features)
@@ -302,18 +310,21 @@ def info_nce(query: torch.Tensor, positive_key: torch.Tensor, negative_keys: tor
     a positive number or a one-element tensor (learnable). Returns a 0-d tensor.
     """
     opts = _options(memory_budget, tile_rows, tile_cols, backend, group, design)
-    _check_pair("query", query, "positive_key", positive_key, same_rows=True, opts=opts)
-    keys = positive_key
-    if negative_keys is not None:
-        _check_pair("query", query, "negative_keys", negative_keys, same_rows=False,
-                    opts=Options(group=opts.group))
-        keys = torch.cat([positive_key, negative_keys])
-    scale = _inverse_temperature(temperature, query)
-    if normalize:
-        query, keys = _normalize(query), _normalize(keys)
-    n = query.shape[0]
-    prob = Problem("softmax", query, keys, positive=torch.arange(n, device=query.device))
-    res = _statistics(prob, scale, None, opts)
+
+    def build():
+        _check_pair("query", query, "positive_key", positive_key, same_rows=True, opts=opts)
+        keys = positive_key
+        if negative_keys is not None:
+            _check_pair("query", query, "negative_keys", negative_keys, same_rows=False,
+                        opts=Options(group=opts.group))
+            keys = torch.cat([positive_key, negative_keys])
+        scale = _inverse_temperature(temperature, query)
+        q = _normalize(query) if normalize else query
+        keys = _normalize(keys) if normalize else keys
+        positive = torch.arange(query.shape[0], device=query.device)
+        return Problem("softmax", q, keys, positive=positive), scale, None
+
+    res = _run("crossent.info_nce", opts, build)
     local = (res.stats.row_agg - res.stats.row_dot).sum()
     return _finish(_global_sum(local, opts) / res.total_rows, query)
 
@@ -331,13 +342,16 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, *, temperature=0.5, group=None,
     Returns a 0-d tensor.
     """
     opts = _options(memory_budget, tile_rows, tile_cols, backend, group, design)
-    _check_pair("z1", z1, "z2", z2, same_rows=True, opts=opts)
-    scale = _inverse_temperature(temperature, z1)
-    views = _normalize(torch.cat([z1, z2]))
-    n = z1.shape[0]
-    k = torch.arange(2 * n, device=z1.device)
-    prob = Problem("softmax", views, views, positive=(k + n) % (2 * n), self_offset=0)
-    res = _statistics(prob, scale, None, opts)
+
+    def build():
+        _check_pair("z1", z1, "z2", z2, same_rows=True, opts=opts)
+        scale = _inverse_temperature(temperature, z1)
+        views = _normalize(torch.cat([z1, z2]))
+        n = z1.shape[0]
+        k = torch.arange(2 * n, device=z1.device)
+        return Problem("softmax", views, views, positive=(k + n) % (2 * n), self_offset=0), scale, None
+
+    res = _run("crossent.nt_xent", opts, build)
     local = (res.stats.row_agg - res.stats.row_dot).sum()
     return _finish(_global_sum(local, opts) / res.total_rows, z1)
 
@@ -359,38 +373,40 @@ def supcon_loss(features: torch.Tensor, labels: torch.Tensor | None = None, *, t
     (each sample its own class: SimCLR's positives, the other views). Returns a 0-d tensor.
     """
     opts = _options(memory_budget, tile_rows, tile_cols, backend, group, design)
-    _check_features("features", features, (2, 3))
-    if features.dim() == 3:
-        num_views = features.shape[1]
-        anchors = torch.cat(torch.unbind(features, 1))
-    else:
-        num_views, anchors = 1, features
-    n = features.shape[0]
-    if labels is None:
-        if _distributed(opts.group):
-            raise _checks.ArgumentError(
-                "supcon_loss across ranks needs labels (sample identities are not global); "
-                "pass labels, e.g. the global index of each sample")
-        labels = torch.arange(n, device=features.device)
-    else:
-        if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.is_complex() \
-                or labels.dtype == torch.bool:
-            got = labels.dtype if isinstance(labels, torch.Tensor) else type(labels).__name__
+
+    def build():
+        _check_features("features", features, (2, 3))
+        n = features.shape[0]
+        if features.dim() == 3:
+            num_views, anchors = features.shape[1], torch.cat(torch.unbind(features, 1))
+        else:
+            num_views, anchors = 1, features
+        lab = labels
+        if lab is None:
+            if _distributed(opts.group):
+                raise _checks.ArgumentError(
+                    "supcon_loss across ranks needs labels (sample identities are not global); "
+                    "pass labels, e.g. the global index of each sample")
+            lab = torch.arange(n, device=features.device)
+        elif not isinstance(lab, torch.Tensor) or lab.is_floating_point() or lab.is_complex() \
+                or lab.dtype == torch.bool:
+            got = lab.dtype if isinstance(lab, torch.Tensor) else type(lab).__name__
             raise _checks.ArgumentTypeError(f"labels must be an integer tensor (e.g. Long), got {got}")
-        if labels.dim() != 1 or labels.shape[0] != n:
-            raise _checks.ArgumentError(f"labels must have shape [{n}] (one per sample), got {list(labels.shape)}")
-        if labels.device != features.device:
-            raise _checks.ArgumentError(f"labels is on {labels.device}, expected {features.device}")
-    _check_pair("features", anchors, "features", anchors, same_rows=True, opts=opts)
-    scale = _inverse_temperature(temperature, features)
-    base = _checks.check_positive("base_temperature", base_temperature)
-    anchors = _normalize(anchors)
-    prob = Problem("softmax", anchors, anchors, labels=labels.long().repeat(num_views), self_offset=0)
-    res = _statistics(prob, scale, None, opts)
+        elif lab.dim() != 1 or lab.shape[0] != n:
+            raise _checks.ArgumentError(f"labels must have shape [{n}] (one per sample), got {list(lab.shape)}")
+        elif lab.device != features.device:
+            raise _checks.ArgumentError(f"labels is on {lab.device}, expected {features.device}")
+        _check_pair("features", anchors, "features", anchors, same_rows=True, opts=opts)
+        scale = _inverse_temperature(temperature, features)
+        _checks.check_positive("base_temperature", base_temperature)
+        anchors = _normalize(anchors)
+        prob = Problem("softmax", anchors, anchors, labels=lab.long().repeat(num_views), self_offset=0)
+        return prob, scale, None
+
+    res = _run("crossent.supcon_loss", opts, build)
     target = res.row_target
     rows = cross_entropy_rows(res.stats.row_agg, res.stats.row_dot, target.mass, target.count > 0)
-    t = 1.0 / scale
-    local = rows.sum() * (t / base)
+    local = rows.sum() * (1.0 / (res.scale * float(base_temperature)))
     return _finish(_global_sum(local, opts) / res.total_rows, features)
 
 
@@ -408,13 +424,16 @@ def siglip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit
     and ``logit_bias`` are numbers or one-element tensors that receive gradients.
     """
     opts = _options(memory_budget, tile_rows, tile_cols, backend, group, design)
-    _check_pair("image_features", image_features, "text_features", text_features, same_rows=True, opts=opts)
-    scale = _as_scalar("logit_scale", logit_scale, image_features)
-    bias = _as_scalar("logit_bias", logit_bias, image_features, allow_none=True)
-    n = image_features.shape[0]
-    prob = Problem("sigmoid", image_features, text_features,
-                   positive=torch.arange(n, device=image_features.device))
-    res = _statistics(prob, scale, bias, opts)
+
+    def build():
+        _check_pair("image_features", image_features, "text_features", text_features,
+                    same_rows=True, opts=opts)
+        scale = _as_scalar("logit_scale", logit_scale, image_features)
+        bias = _as_scalar("logit_bias", logit_bias, image_features, allow_none=True)
+        positive = torch.arange(image_features.shape[0], device=image_features.device)
+        return Problem("sigmoid", image_features, text_features, positive=positive), scale, bias
+
+    res = _run("crossent.siglip_loss", opts, build)
     local = (res.stats.row_agg - res.stats.row_dot).sum()
     return _finish(_global_sum(local, opts) / res.total_rows, image_features)
 
