@@ -245,42 +245,58 @@ class BlockGrads(NamedTuple):
 
 def block_backward(ops: Operands, b: torch.Tensor, blk: Block, p: TilePlan, g: BlockGrads,
                    grad_a: torch.Tensor | None, grad_b: torch.Tensor | None,
-                   grad_bias: torch.Tensor | None) -> None:
+                   grad_bias: torch.Tensor | None, gradient_tile=None) -> None:
     """Accumulate ``G b`` into ``grad_a`` (unscaled: the caller multiplies by ``scale``
     and takes ``dscale = sum <a, G b>``), ``G^T (scale a)`` into ``grad_b`` and ``sum G``
-    into ``grad_bias`` (0-d), all in place, for rows ``ops.a`` against columns ``b``."""
-    agg = aggregate(blk.aggregate)
+    into ``grad_bias`` (0-d), all in place, for rows ``ops.a`` against columns ``b``.
+
+    ``gradient_tile(out, scratch, ops, b, blk, g, r0, r1, c0, c1)`` writes the tile ``G`` into
+    ``out`` (default: :func:`gradient_tile_`, plain PyTorch; the Triton backend passes its
+    kernel); the matmuls that follow are the same for every backend.
+    """
     n, m = ops.a.shape[0], b.shape[0]
     if n == 0 or m == 0:
         return
+    gradient_tile = gradient_tile or gradient_tile_
     size = min(p.rows, n) * min(p.cols, m)
     buf = torch.empty(size, dtype=ops.a.dtype, device=ops.a.device)
-    two = g.row_agg is not None and g.col_agg is not None
-    buf2 = torch.empty(size, dtype=ops.a.dtype, device=ops.a.device) if two else None
+    both = gradient_tile is gradient_tile_ and g.row_agg is not None and g.col_agg is not None
+    buf2 = torch.empty(size, dtype=ops.a.dtype, device=ops.a.device) if both else None
     for r0, r1, c0, c1 in _tiles(n, m, p):
         shape = (r1 - r0, c1 - c0)
-        z = _scores_(buf[: shape[0] * shape[1]].view(shape), ops, blk, b, r0, r1, c0, c1)
-        if g.row_agg is not None and g.col_agg is not None:
-            other = buf2[: shape[0] * shape[1]].view(shape)
-            agg.grad_(other, z, g.row_value[r0:r1], g.row_agg[r0:r1])
-            agg.grad_(z.T, z.T, g.col_value[c0:c1], g.col_agg[c0:c1])
-            z.add_(other)
-        elif g.row_agg is not None:
-            agg.grad_(z, z, g.row_value[r0:r1], g.row_agg[r0:r1])
-        elif g.col_agg is not None:
-            agg.grad_(z.T, z.T, g.col_value[c0:c1], g.col_agg[c0:c1])
-        else:
-            z.zero_()
-        if g.row_dot is not None:
-            blk.row_target.rows(r0, r1).add_scaled_(z, g.row_dot[r0:r1], blk.col_start + c0)
-        if g.col_dot is not None:
-            blk.col_target.rows(c0, c1).add_scaled_(z.T, g.col_dot[c0:c1], blk.row_start + r0)
+        out = buf[: shape[0] * shape[1]].view(shape)
+        scratch = buf2[: shape[0] * shape[1]].view(shape) if both else None
+        z = gradient_tile(out, scratch, ops, b, blk, g, r0, r1, c0, c1)
         if grad_a is not None:
             grad_a[r0:r1].addmm_(z, b[c0:c1])
         if grad_b is not None:
             grad_b[c0:c1].addmm_(z.T, ops.a_scaled[r0:r1])
         if grad_bias is not None:
             grad_bias.add_(z.sum())
+
+
+def gradient_tile_(out: torch.Tensor, scratch: torch.Tensor | None, ops: Operands, b: torch.Tensor,
+                   blk: Block, g: BlockGrads, r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
+    """``out = G`` for rows ``[r0, r1)`` and columns ``[c0, c1)``, in plain PyTorch
+    (``scratch``: a second tile buffer, needed when both rows and columns have gradients)."""
+    agg = aggregate(blk.aggregate)
+    z = _scores_(out, ops, blk, b, r0, r1, c0, c1)
+    if g.row_agg is not None and g.col_agg is not None:
+        other = scratch
+        agg.grad_(other, z, g.row_value[r0:r1], g.row_agg[r0:r1])
+        agg.grad_(z.T, z.T, g.col_value[c0:c1], g.col_agg[c0:c1])
+        z.add_(other)
+    elif g.row_agg is not None:
+        agg.grad_(z, z, g.row_value[r0:r1], g.row_agg[r0:r1])
+    elif g.col_agg is not None:
+        agg.grad_(z.T, z.T, g.col_value[c0:c1], g.col_agg[c0:c1])
+    else:
+        z.zero_()
+    if g.row_dot is not None:
+        blk.row_target.rows(r0, r1).add_scaled_(z, g.row_dot[r0:r1], blk.col_start + c0)
+    if g.col_dot is not None:
+        blk.col_target.rows(c0, c1).add_scaled_(z.T, g.col_dot[c0:c1], blk.row_start + r0)
+    return z
 
 
 def finite(value: torch.Tensor) -> torch.Tensor:
