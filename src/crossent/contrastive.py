@@ -258,6 +258,22 @@ def _options(memory_budget, tile_rows, tile_cols, backend, group, design) -> Opt
 # ------------------------------------------------------------------ losses
 
 
+def _image_text(aggregate: str, image_features, text_features, logit_scale, logit_bias, opts: Options):
+    """The ``build`` of CLIP and SigLIP: matched pairs, pair ``i`` the positive; CLIP also
+    wants the columns' (text->image) statistics."""
+    def build():
+        _check_pair("image_features", image_features, "text_features", text_features,
+                    same_rows=True, opts=opts)
+        scale = _as_scalar("logit_scale", logit_scale, image_features)
+        bias = _as_scalar("logit_bias", logit_bias, image_features, allow_none=True)
+        positive = torch.arange(image_features.shape[0], device=image_features.device)
+        prob = Problem(aggregate, image_features, text_features, positive=positive,
+                       cols=aggregate == "softmax")
+        return prob, scale, bias
+
+    return build
+
+
 def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale, *,
               logit_bias=None, group=None, design: str = "gather", memory_budget: int | None = None,
               tile_rows: int | None = None, tile_cols: int | None = None,
@@ -280,15 +296,8 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
     """
     opts = _options(memory_budget, tile_rows, tile_cols, backend, group, design)
 
-    def build():
-        _check_pair("image_features", image_features, "text_features", text_features,
-                    same_rows=True, opts=opts)
-        scale = _as_scalar("logit_scale", logit_scale, image_features)
-        bias = _as_scalar("logit_bias", logit_bias, image_features, allow_none=True)
-        positive = torch.arange(image_features.shape[0], device=image_features.device)
-        return Problem("softmax", image_features, text_features, positive=positive, cols=True), scale, bias
-
-    res = _run("crossent.clip_loss", opts, build)
+    res = _run("crossent.clip_loss", opts, _image_text(
+        "softmax", image_features, text_features, logit_scale, logit_bias, opts))
     s = res.stats
     local = (s.row_agg - s.row_dot).sum() + (s.col_agg - s.col_dot).sum()
     return _finish(_global_sum(local, opts) / (2 * res.total_rows), image_features)
@@ -425,15 +434,8 @@ def siglip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit
     """
     opts = _options(memory_budget, tile_rows, tile_cols, backend, group, design)
 
-    def build():
-        _check_pair("image_features", image_features, "text_features", text_features,
-                    same_rows=True, opts=opts)
-        scale = _as_scalar("logit_scale", logit_scale, image_features)
-        bias = _as_scalar("logit_bias", logit_bias, image_features, allow_none=True)
-        positive = torch.arange(image_features.shape[0], device=image_features.device)
-        return Problem("sigmoid", image_features, text_features, positive=positive), scale, bias
-
-    res = _run("crossent.siglip_loss", opts, build)
+    res = _run("crossent.siglip_loss", opts, _image_text(
+        "sigmoid", image_features, text_features, logit_scale, logit_bias, opts))
     local = (res.stats.row_agg - res.stats.row_dot).sum()
     return _finish(_global_sum(local, opts) / res.total_rows, image_features)
 
