@@ -47,6 +47,7 @@ Radford et al., "Learning Transferable Visual Models From Natural Language Super
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -56,11 +57,15 @@ from .. import _stats
 from .._reduction import accumulation_dtype
 from .dispatch import TilePlan, plan_tiles
 
-# Default bytes of similarity tiles: 256 x 1024 float32 tiles (three buffers). On a 2-core
-# CPU at batch 8192, dim 256 these ran faster than whole-row bands of 16 MiB (1.3 s
-# against 1.8 s forward+backward; BENCHMARKS.md): the exponentials stay in cache.
-DEFAULT_MEMORY_BUDGET = 3 << 20
-DEFAULT_TILE_ROWS = 256
+# Default bytes of similarity tiles: 1024 x 4096 float32 tiles (three buffers, 48 MiB).
+# Smaller tiles (256 x 1024) keep the exponentials in cache and ran a little faster on an
+# idle 2-core CPU, but every tile costs a dozen multi-threaded kernel launches, and when
+# the cores are shared with other processes each launch's thread barrier can wait for a
+# descheduled thread: at batch 8192 small tiles then ran 5x slower than the full-matrix
+# formula (BENCHMARKS.md). Fewer, larger tiles are robust to that; memory stays
+# ``batch x tile`` (under 0.3 GiB at batch 32768, dim 256).
+DEFAULT_MEMORY_BUDGET = 48 << 20
+DEFAULT_TILE_ROWS = 1024
 # Tile-sized float buffers alive at once: the score tile, logsumexp's temporaries
 # (forward) or the second exponential (backward), the target mask.
 TILE_BUFFERS = 3
@@ -171,11 +176,14 @@ class Block:
 def plan(n: int, m: int, *, memory_budget: int | None = None,
          tile_rows: int | None = None, tile_cols: int | None = None) -> TilePlan:
     """Tile sizes whose :data:`TILE_BUFFERS` float tiles fit ``memory_budget`` bytes:
-    :data:`DEFAULT_TILE_ROWS` rows (unless ``tile_cols`` is given) and as many columns as
-    the budget allows; explicit ``tile_rows`` / ``tile_cols`` win."""
+    about four times as many columns as rows (at most :data:`DEFAULT_TILE_ROWS` rows),
+    as many columns as the budget then allows; explicit ``tile_rows`` / ``tile_cols`` win."""
+    budget = memory_budget or DEFAULT_MEMORY_BUDGET
     if tile_rows is None and tile_cols is None:
-        tile_rows = DEFAULT_TILE_ROWS
-    return plan_tiles(n, m, buffers=TILE_BUFFERS, memory_budget=memory_budget or DEFAULT_MEMORY_BUDGET,
+        # tiles four times wider than tall (1024 x 4096 at the default budget)
+        elements = max(1, budget // (TILE_BUFFERS * 4))
+        tile_rows = max(1, min(DEFAULT_TILE_ROWS, math.isqrt(elements // 4)))
+    return plan_tiles(n, m, buffers=TILE_BUFFERS, memory_budget=budget,
                       token_chunk_size=tile_rows, vocab_chunk_size=tile_cols)
 
 

@@ -29,9 +29,10 @@ CASES: dict[str, dict] = {
     "clip": {"loss": "clip"},
     "siglip": {"loss": "siglip"},
     "nt_xent": {"loss": "nt_xent"},
-    # the memory budget as a time/memory dial (crossent only; the others ignore it)
-    "clip_budget_1mib": {"loss": "clip", "memory_budget": 1 << 20},
-    "clip_budget_12mib": {"loss": "clip", "memory_budget": 12 << 20},
+    # the tile shape as a time/memory dial (crossent only; the others ignore it)
+    "clip_tiles_256x1024": {"loss": "clip", "tile_rows": 256, "tile_cols": 1024},
+    "clip_tiles_512x2048": {"loss": "clip", "tile_rows": 512, "tile_cols": 2048},
+    "clip_tiles_2048x8192": {"loss": "clip", "tile_rows": 2048, "tile_cols": 8192},
 }
 IMPLS = ("crossent", "torch", "open_clip")
 BASELINE = "torch"
@@ -112,7 +113,7 @@ def step(impl: str, inputs, cfg: dict, case: dict):
     if impl == "crossent":
         import crossent
 
-        opts = {"memory_budget": case.get("memory_budget")}
+        opts = {k: case.get(k) for k in ("memory_budget", "tile_rows", "tile_cols")}
         if loss == "clip":
             return crossent.clip_loss(img, txt, scale, **opts)
         if loss == "siglip":
