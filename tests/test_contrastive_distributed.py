@@ -28,7 +28,8 @@ D = torch.float64
 DIN, DIM = 6, 4
 LOSSES = ("clip", "clip_bias", "siglip", "info_nce", "nt_xent", "supcon")
 BIASED = ("clip_bias", "siglip")
-SIZES = {2: ([3, 3], [4, 1]), 4: ([2, 2, 2, 2], [3, 1, 4, 2])}
+# equal, uneven, and (4 ranks) a rank with an empty local batch
+SIZES = {2: ([3, 3], [4, 1]), 4: ([2, 2, 2, 2], [3, 1, 4, 2], [3, 0, 4, 2])}
 
 
 def _global_inputs(total: int, seed: int):
