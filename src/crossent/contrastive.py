@@ -377,17 +377,21 @@ def supcon_loss(features: torch.Tensor, labels: torch.Tensor | None = None, *, t
         loss = mean_k loss_k            (loss_k = 0 when P(k) is empty, still counted)
 
     with ``P(k)`` the other anchors with ``k``'s label. ``features``: ``(N, D)`` (one
-    view) or ``(N, V, D)`` (``V`` views, ordered as the reference's
-    ``torch.cat(torch.unbind(features, 1))``); ``labels``: ``(N,)`` integers, or None
+    view) or ``(N, V, D, ...)`` (``V`` views, trailing dimensions flattened, anchors
+    ordered as the reference's ``torch.cat(torch.unbind(features, 1))``); ``labels``: ``(N,)`` integers, or None
     (each sample its own class: SimCLR's positives, the other views). Returns a 0-d tensor.
     """
     opts = _options(memory_budget, tile_rows, tile_cols, backend, group, design)
 
     def build():
-        _check_features("features", features, (2, 3))
+        _checks.check_floating("features", features)
+        if features.dim() < 2:
+            raise _checks.ArgumentError(
+                f"features must be (batch, dim) or (batch, views, dim, ...), got shape {list(features.shape)}")
         n = features.shape[0]
-        if features.dim() == 3:
-            num_views, anchors = features.shape[1], torch.cat(torch.unbind(features, 1))
+        if features.dim() >= 3:  # trailing dimensions flattened, as the reference does
+            flat = features.reshape(features.shape[0], features.shape[1], -1)
+            num_views, anchors = flat.shape[1], torch.cat(torch.unbind(flat, 1))
         else:
             num_views, anchors = 1, features
         lab = labels
