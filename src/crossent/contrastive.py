@@ -25,6 +25,7 @@ loss is returned in float32.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -390,7 +391,7 @@ def supcon_loss(features: torch.Tensor, labels: torch.Tensor | None = None, *, t
                 f"features must be (batch, dim) or (batch, views, dim, ...), got shape {list(features.shape)}")
         n = features.shape[0]
         if features.dim() >= 3:  # trailing dimensions flattened, as the reference does
-            flat = features.reshape(features.shape[0], features.shape[1], -1)
+            flat = features.reshape(features.shape[0], features.shape[1], math.prod(features.shape[2:]))
             num_views, anchors = flat.shape[1], torch.cat(torch.unbind(flat, 1))
         else:
             num_views, anchors = 1, features

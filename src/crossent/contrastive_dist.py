@@ -70,7 +70,7 @@ def run(context: str, opts, build):
     error, prob = None, None
     try:
         prob, scale, bias = build()
-    except D.LOCAL_ERRORS as exc:
+    except Exception as exc:  # any local failure is raised on every rank, never a hang
         error = exc
     same, each = {}, {}
     if error is None:
