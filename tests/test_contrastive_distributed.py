@@ -252,3 +252,38 @@ def test_ring_saves_the_same_memory_whatever_the_world_size(rank_pool):
     ring_sent = saved[4]["ring"]["sent"]
     assert ring_sent.get("all_gather", 0) < 2048  # only the agreement's metadata
     assert ring_sent["send"] >= 2 * 3 * 8 * 16 * 8  # W - 1 blocks forward and backward
+
+
+def _feature_grads_job(rank, world_size, which):
+    """Gradient each rank's graph hands its (image) features: crossent's ClipLoss or
+    open_clip's in its default mode (``local_loss=False, gather_with_grad=False``)."""
+    from crossent import contrastive
+
+    g = torch.Generator().manual_seed(9)
+    img, txt = torch.randn(8, 4, generator=g, dtype=D), torch.randn(8, 4, generator=g, dtype=D)
+    sl = slice(4 * rank, 4 * rank + 4)
+    a, b = img[sl].clone().requires_grad_(), txt[sl].clone().requires_grad_()
+    if which == "open_clip":
+        module = ref.open_clip_loss_module().ClipLoss(rank=rank, world_size=world_size)
+    else:
+        module = contrastive.ClipLoss(rank=rank, world_size=world_size)
+    module(a, b, torch.tensor(3.0, dtype=D)).backward()
+    return a.grad
+
+
+def test_open_clip_default_mode_loses_a_factor_of_world_size(rank_pool):
+    # Under DDP, what an encoder receives is (1/W) sum_r J_r^T grad_r. One process holding
+    # the global batch gives J^T dL/dx. So each rank's features must receive W * dL/dx_r.
+    # open_clip's default mode hands W times too little; crossent hands the right amount.
+    if ref.open_clip_loss_module() is None:
+        pytest.skip("open_clip_torch is not installed (it is in the dev extra)")
+    g = torch.Generator().manual_seed(9)
+    img = torch.randn(8, 4, generator=g, dtype=D).requires_grad_()
+    txt = torch.randn(8, 4, generator=g, dtype=D)
+    (want,) = torch.autograd.grad(ref.clip(img, txt, 3.0), img)
+    ours = rank_pool(2).run(_feature_grads_job, "crossent", timeout=60)
+    theirs = rank_pool(2).run(_feature_grads_job, "open_clip", timeout=60)
+    for rank in range(2):
+        sl = slice(4 * rank, 4 * rank + 4)
+        torch.testing.assert_close(ours[rank], 2 * want[sl], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(theirs[rank], want[sl], rtol=1e-12, atol=1e-12)
