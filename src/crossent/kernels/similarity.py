@@ -32,7 +32,7 @@ inputs and outputs: a few tiles (from a memory budget, :func:`plan`) and ``O(n +
 statistics, never ``n x m``.
 
 :func:`block_forward` / :func:`block_backward` work on one block of columns with running
-statistics carried in and out; :class:`SimilarityStatistics` is the autograd Function for
+statistics carried in and out; :func:`similarity_statistics` (an autograd Function) does
 a single block, and the distributed designs of :mod:`crossent.contrastive` call the same
 two functions on the blocks they receive (a ring passes blocks and their statistics).
 Rows and columns carry *global* indices (``row_start``, ``col_start``) so that targets
