@@ -29,7 +29,7 @@ import triton.language as tl
 
 from .._targets import ClassIndexTarget, LabelSetTarget
 from . import similarity as sim
-from .triton_linear import _dot_precision
+from .triton_linear import _dot_precision, _logits_tile
 
 BLOCKS = {"interpret": (16, 16, 16), "cuda": (64, 64, 32)}
 
@@ -46,14 +46,11 @@ def _scores(a_ptr, b_ptr, bias_ptr, rows, cols, row_mask, col_mask, K, stride_a,
             HAS_BIAS: tl.constexpr, HAS_SELF: tl.constexpr,
             BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
             DOT_PRECISION: tl.constexpr):
-    """``z`` for rows x cols (local indices); ``-inf`` outside the block and on self pairs."""
-    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        km = ks < K
-        at = tl.load(a_ptr + rows[:, None] * stride_a + ks[None, :], mask=row_mask[:, None] & km[None, :], other=0.0)
-        bt = tl.load(b_ptr + cols[:, None] * stride_b + ks[None, :], mask=col_mask[:, None] & km[None, :], other=0.0)
-        acc += tl.dot(at, tl.trans(bt), input_precision=DOT_PRECISION)
+    """``z`` for rows x cols (local indices); ``-inf`` outside the block and on self pairs.
+    The product is the linear cross-entropy's logit tile (no bias, scale or cap there:
+    the scale is folded into ``a``, the bias is a scalar here)."""
+    acc, _ = _logits_tile(a_ptr, b_ptr, a_ptr, rows, cols, row_mask, col_mask, K, stride_a, stride_b,
+                          1.0, 1.0, False, False, BLOCK_N, BLOCK_M, BLOCK_K, DOT_PRECISION)
     if HAS_BIAS:
         acc += tl.load(bias_ptr)
     keep = row_mask[:, None] & col_mask[None, :]
