@@ -7,6 +7,18 @@ the extras PyTorch lacks. ``crossent.reference`` holds the plain float64 definit
 
 from . import reference
 from ._checks import ArgumentError, ArgumentTypeError, TargetIndexError
+from .contrastive import (
+    ClipLoss,
+    InfoNCELoss,
+    NTXentLoss,
+    SigLipLoss,
+    SupConLoss,
+    clip_loss,
+    info_nce,
+    nt_xent,
+    siglip_loss,
+    supcon_loss,
+)
 from .linear import LinearCrossEntropyLoss, linear_cross_entropy
 from .losses import (
     CrossEntropyStats,
@@ -66,4 +78,15 @@ __all__ = [
     "FocalLoss",
     "Poly1CrossEntropyLoss",
     "DistillationLoss",
+    # contrastive (crossent.contrastive)
+    "clip_loss",
+    "info_nce",
+    "nt_xent",
+    "supcon_loss",
+    "siglip_loss",
+    "ClipLoss",
+    "SigLipLoss",
+    "InfoNCELoss",
+    "NTXentLoss",
+    "SupConLoss",
 ]

@@ -23,6 +23,10 @@ classes, class weight ``w`` (all ones when absent), ``W = sum_c w_c``):
 - :class:`ClassProbTarget`: ``t_ic = w_c ((1-eps) q_ic + eps/C)``; 'mean' divides by the
   number of rows.
 
+Contrastive losses (:mod:`crossent.contrastive`) see the columns of a similarity matrix as
+the classes: their targets are :meth:`ClassIndexTarget.indices` (the diagonal, or the
+other view, one column per row) and :class:`LabelSetTarget` (SupCon's same-label columns).
+
 Szegedy et al., "Rethinking the Inception Architecture for Computer Vision" (2016), for
 label smoothing.
 """
@@ -92,6 +96,16 @@ class ClassIndexTarget:
         if eps:
             mass = mass + valid.to(dtype) * (eps / total * total_weight)
         return cls(safe, valid, target_weight, mass, weight, total, eps)
+
+    @classmethod
+    def indices(cls, index: torch.Tensor, dtype: torch.dtype) -> "ClassIndexTarget":
+        """One target column per row, no weight, no smoothing, none ignored: ``t_ic =
+        [c = index_i]``. Indices may lie outside any given tile or block of columns (a
+        contrastive row's positive on another rank); they are then simply not seen there."""
+        index = index.reshape(-1).long()
+        ones = torch.ones(index.shape, dtype=dtype, device=index.device)
+        valid = torch.ones(index.shape, dtype=torch.bool, device=index.device)
+        return cls(index, valid, ones, ones, None, 0, 0.0)
 
     def rows(self, start: int, end: int) -> "ClassIndexTarget":
         return ClassIndexTarget(
@@ -233,4 +247,63 @@ class ClassProbTarget:
         return torch.tensor(float(self.probs.shape[0]), dtype=self.dtype, device=self.probs.device)
 
 
-Target = ClassIndexTarget | ClassProbTarget
+@dataclass
+class LabelSetTarget:
+    """Supervised-contrastive targets: row ``i`` puts equal weight on every column ``j``
+    with the same label, except its own column (Khosla et al., "Supervised Contrastive
+    Learning", 2020)::
+
+        t_ij = [label_i = label_j] [j != self_i] / max(P_i, 1),    P_i = number of such j
+
+    so ``mass_i = [P_i > 0]`` (an anchor without positives has an all-zero target).
+    Columns are addressed by global index: ``col_labels`` are the labels of columns
+    ``[col_labels_start, col_labels_start + len(col_labels))`` (a block of a larger set),
+    and ``P_i`` (over all columns) is computed by the caller and given as ``count``.
+    """
+
+    labels: torch.Tensor  # (n,) int64, the rows' labels
+    self_index: torch.Tensor  # (n,) int64, global column index of each row itself (-1: none)
+    count: torch.Tensor  # (n,) acc dtype, P_i over all columns
+    col_labels: torch.Tensor  # (m,) int64, labels of a block of columns
+    col_labels_start: int = 0
+
+    @property
+    def mass(self) -> torch.Tensor:
+        return (self.count > 0).to(self.count.dtype)
+
+    @property
+    def coef(self) -> torch.Tensor:
+        return 1.0 / self.count.clamp(min=1.0)
+
+    def rows(self, start: int, end: int) -> "LabelSetTarget":
+        return LabelSetTarget(self.labels[start:end], self.self_index[start:end],
+                              self.count[start:end], self.col_labels, self.col_labels_start)
+
+    def with_columns(self, col_labels: torch.Tensor, col_labels_start: int) -> "LabelSetTarget":
+        """The same rows against another block of columns."""
+        return LabelSetTarget(self.labels, self.self_index, self.count, col_labels, col_labels_start)
+
+    def _mask(self, col_start: int, width: int) -> torch.Tensor:
+        """``(n, width)`` bool: column ``col_start + c`` is a positive of row ``i``."""
+        lo = col_start - self.col_labels_start
+        cols = self.col_labels[lo:lo + width]
+        index = torch.arange(col_start, col_start + width, device=cols.device)
+        return (self.labels.unsqueeze(1) == cols.unsqueeze(0)) & (
+            index.unsqueeze(0) != self.self_index.unsqueeze(1))
+
+    def dot(self, z: torch.Tensor, col_start: int = 0) -> torch.Tensor:
+        mask = self._mask(col_start, z.shape[1])
+        zero = torch.zeros((), dtype=z.dtype, device=z.device)
+        # where, not a product: an excluded self column holds -inf, and 0 * -inf is NaN.
+        return torch.where(mask, z, zero).sum(1) * self.coef.to(z.dtype)
+
+    def add_scaled_(self, grad: torch.Tensor, coef: torch.Tensor, col_start: int = 0) -> None:
+        mask = self._mask(col_start, grad.shape[1])
+        grad.addcmul_(mask, (coef * self.coef).to(grad.dtype).unsqueeze(1))
+
+    def mean_denominator(self) -> torch.Tensor:
+        return torch.tensor(float(self.labels.shape[0]), dtype=self.count.dtype,
+                            device=self.count.device)
+
+
+Target = ClassIndexTarget | ClassProbTarget | LabelSetTarget

@@ -8,6 +8,11 @@ device and chooses the tile sizes from a memory budget.
 - ``"torch"``: plain PyTorch, tiles over tokens and vocabulary; any device.
 - ``"triton"``: Triton kernels that form logit tiles on chip (CUDA, or the CPU under
   ``TRITON_INTERPRET=1``).
+
+Contrastive losses use the same two backends for similarity tiles:
+:mod:`crossent.kernels.similarity` (row and column statistics of ``scale a b^T + bias``
+tile by tile, the autograd Function, the tile plan) and
+:mod:`crossent.kernels.triton_similarity` (its kernels).
 """
 
 from .dispatch import BACKENDS, TilePlan, get_backend, plan_tiles

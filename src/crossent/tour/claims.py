@@ -93,11 +93,18 @@ def clip_row_loss(i: int) -> float:
 
 
 def clip_loss(direction: str) -> float:
-    """CLIP's loss: image->text = CE(S, diag), text->image = CE(S^T, diag), symmetric = mean."""
-    s, diag = _t(CLIP_LOGITS), _idx([0, 1, 2])
-    i2t = ce.cross_entropy(s, diag)
-    t2i = ce.cross_entropy(s.T, diag)
-    return {"i2t": i2t, "t2i": t2i, "sym": (i2t + t2i) / 2}[direction].item()
+    """CLIP's loss: image->text = CE(S, diag), text->image = CE(S^T, diag), symmetric = mean.
+
+    The article gives the similarities ``S`` themselves; as features, image ``i`` is row
+    ``S_i`` and text ``j`` the unit vector ``e_j`` (so ``<S_i, e_j> = S_ij``), and
+    ``crossent.clip_loss`` / ``crossent.info_nce`` compute the losses from them.
+    """
+    s = _t(CLIP_LOGITS)
+    e = torch.eye(s.shape[0], dtype=s.dtype)
+    if direction == "sym":
+        return ce.clip_loss(s, e, 1.0).item()
+    rows = s if direction == "i2t" else s.T
+    return ce.info_nce(rows, e, temperature=1.0, normalize=False).item()
 
 
 def grad_wrt_prob(loss: str, p: float = 0.1, y: float = 1.0) -> float:

@@ -10,7 +10,8 @@ CLIP's symmetric loss
     S = s * normalize(img W_img) normalize(txt W_txt)^T          (s = logit scale)
     L = ( CE(S, diag) + CE(S^T, diag) ) / 2,
 
-computed with ``crossent.cross_entropy``. The figure follows the row softmax
+computed by ``crossent.clip_loss`` from the two batches of features (both directions in
+one pass over the similarity tiles). The figure follows the row softmax
 ``P(text j | image i)``: the diagonal (positive pairs) rises, the off-diagonal (negatives)
 falls.
 """
@@ -52,18 +53,17 @@ def generate_pairs(n: int = 6, latent: int = 8, d_img: int = 32, d_txt: int = 24
     return img, txt
 
 
-def clip_logits(img: torch.Tensor, txt: torch.Tensor, w_img: torch.Tensor,
-                w_txt: torch.Tensor, scale: float) -> torch.Tensor:
-    """``s * cos(img W_img, txt W_txt)`` for every (image, text) pair."""
+def clip_features(img: torch.Tensor, txt: torch.Tensor, w_img: torch.Tensor,
+                  w_txt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``normalize(img W_img)``, ``normalize(txt W_txt)``: the two heads' unit embeddings."""
     ei = torch.nn.functional.normalize(img @ w_img, dim=1)
     et = torch.nn.functional.normalize(txt @ w_txt, dim=1)
-    return scale * ei @ et.T
+    return ei, et
 
 
-def clip_loss(logits: torch.Tensor) -> torch.Tensor:
+def clip_loss(ei: torch.Tensor, et: torch.Tensor, scale: float) -> torch.Tensor:
     """Symmetric CLIP loss with crossent: mean of image->text and text->image CE."""
-    diag = torch.arange(logits.shape[0])
-    return (ce.cross_entropy(logits, diag) + ce.cross_entropy(logits.T, diag)) / 2
+    return ce.clip_loss(ei, et, scale)
 
 
 def train(steps: int, dim: int = 16, scale: float = 10.0, lr: float = 0.005,
@@ -77,9 +77,10 @@ def train(steps: int, dim: int = 16, scale: float = 10.0, lr: float = 0.005,
              / math.sqrt(txt.shape[1])).requires_grad_(True)
     probs, losses = [], []
     for step in range(steps + 1):
-        logits = clip_logits(img, txt, w_img, w_txt, scale)
-        loss = clip_loss(logits)
-        probs.append(ce.softmax(logits.detach(), dim=1).numpy())
+        ei, et = clip_features(img, txt, w_img, w_txt)
+        loss = clip_loss(ei, et, scale)
+        with torch.no_grad():  # the figure's n x n row softmax (n = 6)
+            probs.append(ce.softmax(scale * ei @ et.T, dim=1).numpy())
         losses.append(loss.item())
         if step == steps:
             break

@@ -31,6 +31,7 @@ from types import ModuleType
 SUITES: dict[str, str] = {
     "ce": "crossent.bench.suites.ce",
     "linear": "crossent.bench.suites.linear",
+    "contrastive": "crossent.bench.suites.contrastive",
     "parallel": "crossent.bench.suites.parallel",
 }
 

@@ -1,0 +1,410 @@
+"""Tiles of a similarity matrix with row and column statistics (plain PyTorch).
+
+Contrastive losses score rows ``a`` (``(n, d)``) against columns ``b`` (``(m, d)``)::
+
+    z_ij = scale * <a_i, b_j> + bias          (-inf where column j is row i itself)
+
+and need, per row and/or per column, an *aggregate* of the scores and a *target dot*:
+
+- ``softmax``: ``lse_i = logsumexp_j z_ij`` (InfoNCE, CLIP, NT-Xent, SupCon); the
+  streaming statistics of :mod:`crossent._stats` (max, sum of exp, target dot) and their
+  exact merge;
+- ``sigmoid``: ``sp_i = sum_j softplus(z_ij)`` (SigLIP: ``-log sigmoid(+-z)`` is
+  ``softplus(z) - [positive] z``); statistics merge by addition;
+
+and ``dot_i = sum_j t_ij z_ij`` for a target from :mod:`crossent._targets` (columns are
+the classes: :meth:`~crossent._targets.ClassIndexTarget.indices` or
+:class:`~crossent._targets.LabelSetTarget`). Every contrastive loss is then arithmetic
+on these ``(n,)`` / ``(m,)`` vectors, done by autograd; this module supplies the
+``n x m`` part of the chain rule::
+
+    G_ij = dL/dz_ij = gR_i p_ij + gC_j q_ij + gDR_i t_ij + gDC_j t'_ji
+    dL/da = scale * G b,   dL/db = scale * G^T a,   dL/dscale = sum_i <a_i, (G b)_i>,
+    dL/dbias = sum_ij G_ij
+
+with ``p``/``q`` the row/column softmax (``sigmoid(z)`` for the sigmoid aggregate) and
+``gR, gDR, gC, gDC`` the upstream gradients of the four statistics.
+
+One walk over ``rows x cols`` tiles gives the row statistics *and* the column
+statistics of every tile (a symmetric CLIP loss is one pass, not two); the backward
+recomputes each tile from the saved features and the saved aggregates. Memory beyond the
+inputs and outputs: a few tiles (from a memory budget, :func:`plan`) and ``O(n + m)``
+statistics, never ``n x m``.
+
+:func:`block_forward` / :func:`block_backward` work on one block of columns with running
+statistics carried in and out; :func:`similarity_statistics` (an autograd Function) does
+a single block, and the distributed designs of :mod:`crossent.contrastive` call the same
+two functions on the blocks they receive (a ring passes blocks and their statistics).
+Rows and columns carry *global* indices (``row_start``, ``col_start``) so that targets
+and the excluded self pairs are the same on one device and across ranks.
+
+Oord et al., "Representation Learning with Contrastive Predictive Coding" (2018);
+Radford et al., "Learning Transferable Visual Models From Natural Language Supervision"
+(2021); Zhai et al., "Sigmoid Loss for Language Image Pre-Training" (2023); Wang et al.,
+"Breaking the Memory Barrier: Near Infinite Batch Size Scaling for Contrastive Loss"
+(2024, Inf-CL) tile the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+
+from .. import _stats
+from .._reduction import accumulation_dtype
+from .dispatch import TilePlan, plan_tiles
+
+# Default bytes of similarity tiles: 1024 x 4096 float32 tiles (three buffers, 48 MiB).
+# Smaller tiles (256 x 1024) keep the exponentials in cache and ran a little faster on an
+# idle 2-core CPU, but every tile costs a dozen multi-threaded kernel launches, and when
+# the cores are shared with other processes each launch's thread barrier can wait for a
+# descheduled thread: at batch 8192 small tiles then ran 5x slower than the full-matrix
+# formula (BENCHMARKS.md). Fewer, larger tiles are robust to that; memory stays
+# ``batch x tile`` (under 0.3 GiB at batch 32768, dim 256).
+DEFAULT_MEMORY_BUDGET = 48 << 20
+DEFAULT_TILE_ROWS = 1024
+# Tile-sized float buffers alive at once: the score tile, logsumexp's temporaries
+# (forward) or the second exponential (backward), the target mask.
+TILE_BUFFERS = 3
+
+AGGREGATES = ("softmax", "sigmoid")
+
+
+# ------------------------------------------------------------------ aggregates
+
+
+class _Softmax:
+    """Running ``(max, sum of exp, dot)`` per row: :mod:`crossent._stats`."""
+
+    @staticmethod
+    def accumulate_(state: torch.Tensor, z: torch.Tensor, target, col_start: int) -> None:
+        part = _stats.tile_stats(z, target, col_start)
+        cur = _stats.RowStats(state[0], state[1], state[2], None, None)
+        merged = _stats.merge(cur, part)
+        state[0].copy_(merged.max)
+        state[1].copy_(merged.sumexp)
+        state[2].copy_(merged.dot)
+
+    @staticmethod
+    def combine(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Merge two ``(3, k)`` states of disjoint column ranges."""
+        m = _stats.merge(_stats.RowStats(x[0], x[1], x[2], None, None),
+                         _stats.RowStats(y[0], y[1], y[2], None, None))
+        return torch.stack([m.max, m.sumexp, m.dot])
+
+    @staticmethod
+    def value(state: torch.Tensor) -> torch.Tensor:
+        return _stats.logsumexp(_stats.RowStats(state[0], state[1], state[2], None, None))
+
+    @staticmethod
+    def init(k: int, dtype: torch.dtype, device) -> torch.Tensor:
+        state = torch.zeros(3, k, dtype=dtype, device=device)
+        state[0] = -torch.inf
+        return state
+
+    @staticmethod
+    def grad_(out: torch.Tensor, z: torch.Tensor, value: torch.Tensor, coef: torch.Tensor) -> None:
+        """``out = coef_i * exp(z_ij - value_i)`` (``value`` finite: ``-inf`` rows were
+        zeroed, their scores all ``-inf``)."""
+        torch.sub(z, value.unsqueeze(1), out=out).exp_().mul_(coef.unsqueeze(1))
+
+
+class _Sigmoid:
+    """Running ``(unused, sum of softplus, dot)`` per row; merge is addition."""
+
+    @staticmethod
+    def accumulate_(state: torch.Tensor, z: torch.Tensor, target, col_start: int) -> None:
+        # softplus(z) = log(1 + e^z), exactly (F.softplus switches to z above 20)
+        state[1] += torch.logaddexp(z, torch.zeros((), dtype=z.dtype, device=z.device)).sum(1)
+        if target is not None:
+            state[2] += target.dot(z, col_start)
+
+    @staticmethod
+    def combine(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return x + y
+
+    @staticmethod
+    def value(state: torch.Tensor) -> torch.Tensor:
+        return state[1]
+
+    @staticmethod
+    def init(k: int, dtype: torch.dtype, device) -> torch.Tensor:
+        return torch.zeros(3, k, dtype=dtype, device=device)
+
+    @staticmethod
+    def grad_(out: torch.Tensor, z: torch.Tensor, value: torch.Tensor, coef: torch.Tensor) -> None:
+        torch.sigmoid(z, out=out).mul_(coef.unsqueeze(1))
+
+
+def aggregate(name: str):
+    return {"softmax": _Softmax, "sigmoid": _Sigmoid}[name]
+
+
+# ------------------------------------------------------------------ problem
+
+
+@dataclass
+class Block:
+    """One block of the similarity matrix: what a kernel call needs besides features.
+
+    ``row_target`` / ``col_target``: targets of the rows (over global column indices) and
+    of the columns (over global row indices); ``None`` when that side's statistics are
+    not wanted. ``self_offset``: column ``row + self_offset`` (global) is excluded
+    (``-inf``), or ``None``. ``row_start`` / ``col_start``: global index of ``a[0]`` /
+    ``b[0]``.
+    """
+
+    aggregate: str
+    row_target: Any
+    col_target: Any
+    self_offset: int | None = None
+    row_start: int = 0
+    col_start: int = 0
+
+    @property
+    def rows(self) -> bool:
+        return self.row_target is not None
+
+    @property
+    def cols(self) -> bool:
+        return self.col_target is not None
+
+
+def plan(n: int, m: int, *, memory_budget: int | None = None,
+         tile_rows: int | None = None, tile_cols: int | None = None) -> TilePlan:
+    """Tile sizes whose :data:`TILE_BUFFERS` float tiles fit ``memory_budget`` bytes:
+    about four times as many columns as rows (at most :data:`DEFAULT_TILE_ROWS` rows),
+    as many columns as the budget then allows; explicit ``tile_rows`` / ``tile_cols`` win."""
+    budget = memory_budget or DEFAULT_MEMORY_BUDGET
+    if tile_rows is None and tile_cols is None:
+        # tiles four times wider than tall (1024 x 4096 at the default budget)
+        elements = max(1, budget // (TILE_BUFFERS * 4))
+        tile_rows = max(1, min(DEFAULT_TILE_ROWS, math.isqrt(elements // 4)))
+    return plan_tiles(n, m, buffers=TILE_BUFFERS, memory_budget=budget,
+                      token_chunk_size=tile_rows, vocab_chunk_size=tile_cols)
+
+
+class Operands(NamedTuple):
+    """Features in the accumulation dtype, the scale folded into the rows (cast once)."""
+
+    a: torch.Tensor  # (n, d) acc
+    a_scaled: torch.Tensor  # (n, d) acc, scale * a
+    b: torch.Tensor  # (m, d) acc
+    bias: torch.Tensor | None  # 0-d acc
+
+    @classmethod
+    def build(cls, a, b, scale, bias) -> "Operands":
+        acc = accumulation_dtype(a.dtype)
+        a_acc = a.detach().to(acc)
+        b_acc = a_acc if b is a else b.detach().to(acc)
+        scale = scale.detach().to(acc)
+        return cls(a_acc, a_acc * scale, b_acc, None if bias is None else bias.detach().to(acc))
+
+
+def _tiles(n: int, m: int, p: TilePlan):
+    for r0 in range(0, n, p.rows):
+        r1 = min(r0 + p.rows, n)
+        for c0 in range(0, m, p.cols):
+            yield r0, r1, c0, min(c0 + p.cols, m)
+
+
+def _scores_(out: torch.Tensor, ops: Operands, blk: Block, b: torch.Tensor,
+             r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
+    """``out`` (a tile buffer) = ``z`` for rows ``[r0, r1)`` and columns ``[c0, c1)``."""
+    torch.mm(ops.a_scaled[r0:r1], b[c0:c1].T, out=out)
+    if ops.bias is not None:
+        out.add_(ops.bias)
+    if blk.self_offset is not None:
+        k = blk.row_start + r0 + blk.self_offset - (blk.col_start + c0)
+        torch.diagonal(out, k).fill_(-torch.inf)
+    return out
+
+
+def block_forward(ops: Operands, b: torch.Tensor, blk: Block, p: TilePlan,
+                  row_state: torch.Tensor | None, col_state: torch.Tensor | None) -> None:
+    """Merge the statistics of rows ``ops.a`` against columns ``b`` into ``row_state``
+    (``(3, n)``) and ``col_state`` (``(3, m)``), in place (either may be None)."""
+    agg = aggregate(blk.aggregate)
+    n, m = ops.a.shape[0], b.shape[0]
+    if n == 0 or m == 0:
+        return
+    buf = torch.empty(min(p.rows, n) * min(p.cols, m), dtype=ops.a.dtype, device=ops.a.device)
+    for r0, r1, c0, c1 in _tiles(n, m, p):
+        z = _scores_(buf[: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0), ops, blk, b, r0, r1, c0, c1)
+        if row_state is not None:
+            agg.accumulate_(row_state[:, r0:r1], z, blk.row_target.rows(r0, r1), blk.col_start + c0)
+        if col_state is not None:
+            agg.accumulate_(col_state[:, c0:c1], z.T, blk.col_target.rows(c0, c1), blk.row_start + r0)
+
+
+class BlockGrads(NamedTuple):
+    """Upstream gradients of the statistics, and the aggregates they were taken at."""
+
+    row_value: torch.Tensor | None  # (n,) finite (lse, or sum of softplus)
+    row_agg: torch.Tensor | None  # (n,) dL/d row aggregate
+    row_dot: torch.Tensor | None  # (n,) dL/d row dot
+    col_value: torch.Tensor | None  # (m,)
+    col_agg: torch.Tensor | None
+    col_dot: torch.Tensor | None
+
+
+def block_backward(ops: Operands, b: torch.Tensor, blk: Block, p: TilePlan, g: BlockGrads,
+                   grad_a: torch.Tensor | None, grad_b: torch.Tensor | None,
+                   grad_bias: torch.Tensor | None, gradient_tile=None) -> None:
+    """Accumulate ``G b`` into ``grad_a`` (unscaled: the caller multiplies by ``scale``
+    and takes ``dscale = sum <a, G b>``), ``G^T (scale a)`` into ``grad_b`` and ``sum G``
+    into ``grad_bias`` (0-d), all in place, for rows ``ops.a`` against columns ``b``.
+
+    ``gradient_tile(out, scratch, ops, b, blk, g, r0, r1, c0, c1)`` writes the tile ``G`` into
+    ``out`` (default: :func:`gradient_tile_`, plain PyTorch; the Triton backend passes its
+    kernel); the matmuls that follow are the same for every backend.
+    """
+    n, m = ops.a.shape[0], b.shape[0]
+    if n == 0 or m == 0:
+        return
+    gradient_tile = gradient_tile or gradient_tile_
+    size = min(p.rows, n) * min(p.cols, m)
+    buf = torch.empty(size, dtype=ops.a.dtype, device=ops.a.device)
+    both = gradient_tile is gradient_tile_ and g.row_agg is not None and g.col_agg is not None
+    buf2 = torch.empty(size, dtype=ops.a.dtype, device=ops.a.device) if both else None
+    for r0, r1, c0, c1 in _tiles(n, m, p):
+        shape = (r1 - r0, c1 - c0)
+        out = buf[: shape[0] * shape[1]].view(shape)
+        scratch = buf2[: shape[0] * shape[1]].view(shape) if both else None
+        z = gradient_tile(out, scratch, ops, b, blk, g, r0, r1, c0, c1)
+        if grad_a is not None:
+            grad_a[r0:r1].addmm_(z, b[c0:c1])
+        if grad_b is not None:
+            grad_b[c0:c1].addmm_(z.T, ops.a_scaled[r0:r1])
+        if grad_bias is not None:
+            grad_bias.add_(z.sum())
+
+
+def gradient_tile_(out: torch.Tensor, scratch: torch.Tensor | None, ops: Operands, b: torch.Tensor,
+                   blk: Block, g: BlockGrads, r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
+    """``out = G`` for rows ``[r0, r1)`` and columns ``[c0, c1)``, in plain PyTorch
+    (``scratch``: a second tile buffer, needed when both rows and columns have gradients)."""
+    agg = aggregate(blk.aggregate)
+    z = _scores_(out, ops, blk, b, r0, r1, c0, c1)
+    if g.row_agg is not None and g.col_agg is not None:
+        other = scratch
+        agg.grad_(other, z, g.row_value[r0:r1], g.row_agg[r0:r1])
+        agg.grad_(z.T, z.T, g.col_value[c0:c1], g.col_agg[c0:c1])
+        z.add_(other)
+    elif g.row_agg is not None:
+        agg.grad_(z, z, g.row_value[r0:r1], g.row_agg[r0:r1])
+    elif g.col_agg is not None:
+        agg.grad_(z.T, z.T, g.col_value[c0:c1], g.col_agg[c0:c1])
+    else:
+        z.zero_()
+    if g.row_dot is not None:
+        blk.row_target.rows(r0, r1).add_scaled_(z, g.row_dot[r0:r1], blk.col_start + c0)
+    if g.col_dot is not None:
+        blk.col_target.rows(c0, c1).add_scaled_(z.T, g.col_dot[c0:c1], blk.row_start + r0)
+    return z
+
+
+def finite(value: torch.Tensor) -> torch.Tensor:
+    """Aggregates with ``-inf`` (rows whose every score is excluded) become 0: their
+    tiles hold only ``-inf``, so ``exp(z - 0) = 0`` is their (zero) softmax."""
+    return torch.where(torch.isfinite(value), value, torch.zeros_like(value))
+
+
+def scale_grads(ops: Operands, scale: torch.Tensor, grad_a_unscaled: torch.Tensor | None,
+                need_a: bool, need_scale: bool):
+    """``(dL/da, dL/dscale)`` from the accumulated ``G b``."""
+    if grad_a_unscaled is None:
+        return None, None
+    g_scale = (grad_a_unscaled * ops.a).sum() if need_scale else None
+    g_a = grad_a_unscaled.mul_(scale.detach().to(grad_a_unscaled.dtype)) if need_a else None
+    return g_a, g_scale
+
+
+# ------------------------------------------------------------------ autograd
+
+
+class _BlockFunction(torch.autograd.Function):
+    """Statistics of one block of rows against one block of columns (one device)."""
+
+    @staticmethod
+    def forward(ctx, a, b, scale, bias, blk: Block, p: TilePlan, backend: str):
+        ops = Operands.build(a, b, scale, bias)
+        agg = aggregate(blk.aggregate)
+        n, m, acc, dev = a.shape[0], b.shape[0], ops.a.dtype, a.device
+        row_state = agg.init(n, acc, dev) if blk.rows else None
+        col_state = agg.init(m, acc, dev) if blk.cols else None
+        _run_forward(backend, ops, ops.b, blk, p, row_state, col_state)
+        empty = a.new_empty(0, dtype=acc)
+        row_value = agg.value(row_state) if blk.rows else empty
+        col_value = agg.value(col_state) if blk.cols else empty
+        ctx.save_for_backward(a, b, scale, bias, row_value, col_value)
+        ctx.blk, ctx.plan, ctx.backend, ctx.same = blk, p, backend, b is a
+        return (row_value, row_state[2] if blk.rows else empty,
+                col_value, col_state[2] if blk.cols else empty)
+
+    @staticmethod
+    def backward(ctx, g_row, g_row_dot, g_col, g_col_dot):
+        a, b, scale, bias, row_value, col_value = ctx.saved_tensors
+        blk: Block = ctx.blk
+        need_a, need_b, need_scale, need_bias = ctx.needs_input_grad[:4]
+        ops = Operands.build(a, a if ctx.same else b, scale, bias)
+        acc = ops.a.dtype
+        grads = BlockGrads(
+            finite(row_value) if blk.rows else None, _acc(g_row, acc) if blk.rows else None,
+            _acc(g_row_dot, acc) if blk.rows else None,
+            finite(col_value) if blk.cols else None, _acc(g_col, acc) if blk.cols else None,
+            _acc(g_col_dot, acc) if blk.cols else None,
+        )
+        grad_a = torch.zeros_like(ops.a) if need_a or need_scale else None
+        grad_b = torch.zeros_like(ops.b) if need_b else None
+        grad_bias = torch.zeros((), dtype=acc, device=a.device) if need_bias else None
+        _run_backward(ctx.backend, ops, ops.b, blk, ctx.plan, grads, grad_a, grad_b, grad_bias)
+        g_a, g_scale = scale_grads(ops, scale, grad_a, need_a, need_scale)
+        return (
+            g_a.to(a.dtype) if g_a is not None else None,
+            grad_b.to(b.dtype) if grad_b is not None else None,
+            g_scale.to(scale.dtype) if g_scale is not None else None,
+            grad_bias.to(bias.dtype) if grad_bias is not None else None,
+            None, None, None,
+        )
+
+
+def _acc(g: torch.Tensor | None, acc: torch.dtype) -> torch.Tensor | None:
+    return None if g is None else g.to(acc)
+
+
+def _run_forward(backend, ops, b, blk, p, row_state, col_state):
+    if backend == "triton":
+        from . import triton_similarity
+
+        return triton_similarity.block_forward(ops, b, blk, p, row_state, col_state)
+    return block_forward(ops, b, blk, p, row_state, col_state)
+
+
+def _run_backward(backend, ops, b, blk, p, grads, grad_a, grad_b, grad_bias):
+    if backend == "triton":
+        from . import triton_similarity
+
+        return triton_similarity.block_backward(ops, b, blk, p, grads, grad_a, grad_b, grad_bias)
+    return block_backward(ops, b, blk, p, grads, grad_a, grad_b, grad_bias)
+
+
+class Statistics(NamedTuple):
+    row_agg: torch.Tensor  # (n,) lse (softmax) or sum of softplus (sigmoid); empty if unwanted
+    row_dot: torch.Tensor  # (n,)
+    col_agg: torch.Tensor  # (m,)
+    col_dot: torch.Tensor  # (m,)
+
+
+def similarity_statistics(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor,
+                          bias: torch.Tensor | None, blk: Block, p: TilePlan,
+                          backend: str = "torch") -> Statistics:
+    """Differentiable row and column statistics of ``z = scale a b^T + bias`` (one device).
+
+    ``scale`` and ``bias`` are 0-d tensors; ``b`` may be ``a`` itself (self-similarity).
+    Returned in the accumulation dtype (float32, or float64 for float64 features).
+    """
+    return Statistics(*_BlockFunction.apply(a, b, scale, bias, blk, p, backend))
