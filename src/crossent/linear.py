@@ -197,6 +197,8 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_loss, _lse, _ent, _arg, _gx, _gw, _gb):
     need_x, need_w, need_b = ctx.need
+    if grad_loss is None:  # an undefined upstream gradient (set_materialize_grads(False))
+        return (None,) * 22
     if ctx.reduction == "none":
         x, weight, bias, index, probs, class_weight, lse = ctx.saved_tensors
         gx, gw, gb = _linear_ce_backward_op(
