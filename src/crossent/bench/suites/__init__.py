@@ -28,6 +28,7 @@ from types import ModuleType
 SUITES: dict[str, str] = {
     "ce": "crossent.bench.suites.ce",
     "linear": "crossent.bench.suites.linear",
+    "margin": "crossent.bench.suites.margin",
 }
 
 
