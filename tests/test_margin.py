@@ -477,3 +477,12 @@ def test_no_batch_by_class_tensor_and_no_second_weight_sized_tensor():
     sizes = sorted(probe.sizes.values(), reverse=True)
     assert sizes[0] == c * d * 4  # the weight gradient
     assert sizes[1] < n * c * 4 // 2 and sizes[1] <= 1 << 20  # then the tiles (the budget)
+
+
+def test_runs_under_torch_compile_fullgraph():
+    x, w, y = _problem(dtype=torch.float32)
+    compiled = torch.compile(lambda a, b, t: ce.arcface_loss(a, b, t, scale=8.0), fullgraph=True)
+    got = _loss_and_grads(compiled, x, w, y)
+    want = _loss_and_grads(lambda a, b, t: ce.arcface_loss(a, b, t, scale=8.0), x, w, y)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
