@@ -125,7 +125,7 @@ class MarginScores:
         nw = _row_norms(weight, acc)
         _check_nonzero("embeddings", nx, active)
         _check_nonzero("weight", nw)
-        self.nx = torch.where(active, nx, torch.ones_like(nx))  # ignored rows: any norm
+        self.nx = torch.where(nx > 0, nx, torch.ones_like(nx))  # an ignored row may be zero
         s = spec.scale
         self.row = s / self.nx if spec.normalize_x else torch.full_like(nx, s)
         self.col = 1.0 / nw if spec.normalize_w else None
@@ -142,7 +142,6 @@ class MarginScores:
         mx = torch.ones_like(c) if spec.normalize_x else self.nx
         mw = torch.ones_like(c) if spec.normalize_w else nwy
         self.active = active
-        self.cos = c
         self.z_target = s * mx * mw * phi
         self.alpha = s * mx * mw * slope / (self.nx * nwy)
         self.beta = None if spec.normalize_x else s * mw * (phi_g - c * slope) / self.nx
