@@ -26,7 +26,8 @@ through the normalisation tile by tile. Memory beyond the weight gradient: the l
 Arguments shared by every loss: ``reduction``, ``ignore_index`` and ``label_smoothing`` as
 in :func:`crossent.cross_entropy` (label smoothing spreads over the margin-adjusted
 logits), and the tiling controls of :func:`crossent.linear_cross_entropy`
-(``memory_budget``, ``token_chunk_size``, ``vocab_chunk_size``, ``backend``; the Triton
+(``memory_budget``, default :data:`DEFAULT_MEMORY_BUDGET` here, ``token_chunk_size``,
+``vocab_chunk_size``, ``backend``; the Triton
 backend has no margin kernels, so margin heads always run on the PyTorch backend).
 Zero-norm embeddings (on rows that are not ignored) and zero-norm class weights raise
 :class:`crossent.ArgumentError`: they have no angle.
@@ -61,6 +62,13 @@ __all__ = [
 ]
 
 GRADIENTS = ("exact", "straight_through")
+
+#: Default bytes of logit tiles for scalar reductions. Margin heads see small batches and
+#: very many classes: 128 MiB lets a 512-row batch over 100,000 classes take whole rows
+#: (one pass, three matmuls instead of four); at 1,000,000 classes the peak stays about
+#: 134 MiB above the weight gradient (BENCHMARKS.md). ``reduction='none'`` keeps the
+#: linear cross-entropy's recompute default.
+DEFAULT_MEMORY_BUDGET = 128 << 20
 
 # ----------------------------------------------------------------------------- specs
 
@@ -215,6 +223,8 @@ def _fused_loss(spec: MarginSpec, embeddings, weight, target, *, reduction="mean
     grad_on = torch.is_grad_enabled()
     need_x = grad_on and embeddings.requires_grad
     need_w = grad_on and weight.requires_grad
+    if memory_budget is None and reduction != "none":
+        memory_budget = DEFAULT_MEMORY_BUDGET
     plan = plan_tiles(embeddings.shape[0], num_classes,
                       buffers=1 + margin_scores.extra_tile_buffers(spec.centers),
                       memory_budget=memory_budget, token_chunk_size=token_chunk_size,

@@ -27,7 +27,7 @@ CASES: dict[str, dict] = {
     "sphereface": {"head": "sphereface", "scale": 1.0, "margin": 4},
     "subcenter": {"head": "subcenter_arcface", "scale": 64.0, "margin": 0.5, "centers": 3},
     # the tile budget as a time/memory dial (crossent only)
-    "arcface_128mib": {"head": "arcface", "scale": 64.0, "margin": 0.5, "memory_budget": 128 << 20},
+    "arcface_32mib": {"head": "arcface", "scale": 64.0, "margin": 0.5, "memory_budget": 32 << 20},
 }
 
 PRESETS = {
