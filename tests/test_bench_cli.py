@@ -78,3 +78,25 @@ def test_suites_follow_the_contract(name):
     for preset in suite.PRESETS.values():
         assert {"dtype", "device", "cases"} <= set(preset)
         assert set(preset["cases"]) <= set(suite.CASES)
+
+
+def test_bench_margin_tiny(tmp_path, capsys):
+    out = tmp_path / "m.json"
+    args = _parse(["margin", "--set", "n=8", "d=4", "c=30", "--reps", "1", "--warmup", "0",
+                   "--cases", "arcface", "subcenter", "--json", str(out)])
+    assert command.run(args) == 0
+    (suite,) = json.loads(out.read_text())["suites"]
+    assert {(r["impl"], r["case"]) for r in suite["results"]} == {
+        (i, c) for i in ("crossent", "torch") for c in ("arcface", "subcenter")}
+    assert all("error" not in r and r["median_s"] > 0 for r in suite["results"])
+
+
+def test_bench_margin_implementations_agree():
+    """The suite's plain formula and crossent compute the same loss (so the timings compare
+    like with like)."""
+    suite = load("margin")
+    cfg = {"n": 16, "d": 8, "c": 50, "dtype": "float64", "device": "cpu"}
+    for name, case in suite.CASES.items():
+        inputs = suite.make_inputs(cfg, case)
+        torch.testing.assert_close(suite.step("crossent", inputs, cfg, case),
+                                   suite.step("torch", inputs, cfg, case))

@@ -35,6 +35,27 @@ from .losses import (
     sigmoid_focal_loss,
     softmax,
 )
+
+# margin softmax heads (issue 8)
+from .margin import (
+    anneal_lambda,
+    arcface_loss,
+    combined_margin_loss,
+    cosface_loss,
+    large_margin_softmax_loss,
+    margin_logits,
+    sphereface_loss,
+    subcenter_arcface_loss,
+)
+from .margin_heads import (
+    ArcFace,
+    CombinedMargin,
+    CosFace,
+    LargeMarginSoftmax,
+    SphereFace,
+    SubCenterArcFace,
+    partial_fc_sample,
+)
 from .nn import (
     BCELoss,
     BCEWithLogitsLoss,
@@ -89,4 +110,20 @@ __all__ = [
     "InfoNCELoss",
     "NTXentLoss",
     "SupConLoss",
+    # margin softmax heads
+    "arcface_loss",
+    "cosface_loss",
+    "sphereface_loss",
+    "large_margin_softmax_loss",
+    "combined_margin_loss",
+    "subcenter_arcface_loss",
+    "margin_logits",
+    "anneal_lambda",
+    "partial_fc_sample",
+    "ArcFace",
+    "CosFace",
+    "SphereFace",
+    "LargeMarginSoftmax",
+    "CombinedMargin",
+    "SubCenterArcFace",
 ]

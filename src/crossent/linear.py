@@ -24,7 +24,7 @@ References: Wijmans et al., "Cut Your Losses in Large-Vocabulary Language Models
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 from torch import nn
@@ -34,6 +34,7 @@ from ._core import ScoreTransform
 from ._reduction import ALL_IGNORED_CHOICES, accumulation_dtype, mean_scale, reduce_rows
 from ._stats import cross_entropy_rows
 from ._targets import ClassIndexTarget, ClassProbTarget
+from .kernels import margin_scores
 from .kernels.dispatch import get_backend, plan_tiles, resolve_backend
 from .kernels.torch_chunked import LinearProblem, tile_buffers
 from .multiclass import CrossEntropyStats
@@ -56,8 +57,13 @@ def _target(x, index, probs, class_weight, ignore_index, label_smoothing, num_cl
     )
 
 
-def _problem(x, weight, bias, target, z_loss, softcap, logit_scale) -> LinearProblem:
-    return LinearProblem(x, weight, bias, target, ScoreTransform(logit_scale, softcap), z_loss)
+def _problem(x, weight, bias, target, z_loss, softcap, logit_scale, margin="",
+             margin_args=None) -> LinearProblem:
+    scores = None
+    if margin:  # a margin head (crossent.margin): another score source over the same weight
+        scores = margin_scores.build(margin, margin_args, x, weight, target)
+    return LinearProblem(x, weight, bias, target, ScoreTransform(logit_scale, softcap), z_loss,
+                         scores)
 
 
 def _empty(like: torch.Tensor, dtype=None) -> torch.Tensor:
@@ -71,12 +77,14 @@ def _linear_ce_op(
     ignore_index: int, label_smoothing: float, reduction: str, z_loss: float,
     softcap: Optional[float], logit_scale: float, all_ignored: str, rows: int, cols: int,
     backend: str, stats: bool, need_x: bool, need_w: bool, need_b: bool,
+    margin: str = "", margin_args: Optional[Sequence[float]] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns ``(loss, lse, entropy, argmax, grad_x, grad_weight, grad_bias)``; the
-    gradients (for a unit upstream gradient) only for scalar reductions, else empty."""
+    gradients (for a unit upstream gradient) only for scalar reductions, else empty.
+    ``margin``/``margin_args``: a margin head's spec (:mod:`crossent.margin`), or "" for none."""
     from .kernels.dispatch import TilePlan
 
-    num_classes = weight.shape[0]
+    num_classes = margin_scores.num_classes(margin, margin_args, weight)
     target = _target(x, index, probs, class_weight, ignore_index, label_smoothing, num_classes)
     acc = accumulation_dtype(x.dtype)
     row_scale = None
@@ -86,8 +94,8 @@ def _linear_ce_op(
             scale = mean_scale(target.mean_denominator().to(acc), all_ignored)
         row_scale = target.valid.to(acc) * scale
     res = get_backend(backend).run(
-        _problem(x, weight, bias, target, z_loss, softcap, logit_scale), TilePlan(rows, cols),
-        row_scale=row_scale, need_x=need_x, need_w=need_w, need_b=need_b,
+        _problem(x, weight, bias, target, z_loss, softcap, logit_scale, margin, margin_args),
+        TilePlan(rows, cols), row_scale=row_scale, need_x=need_x, need_w=need_w, need_b=need_b,
         entropy=stats, argmax=stats,
     )
     row_loss = cross_entropy_rows(res.lse, res.dot, target.mass, target.valid, z_loss)
@@ -107,7 +115,8 @@ def _linear_ce_op(
 
 @_linear_ce_op.register_fake
 def _(x, weight, bias, index, probs, class_weight, ignore_index, label_smoothing, reduction,
-      z_loss, softcap, logit_scale, all_ignored, rows, cols, backend, stats, need_x, need_w, need_b):
+      z_loss, softcap, logit_scale, all_ignored, rows, cols, backend, stats, need_x, need_w, need_b,
+      margin="", margin_args=None):
     acc = accumulation_dtype(x.dtype)
     n = x.shape[0]
     out_dtype = acc if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
@@ -131,14 +140,17 @@ def _linear_ce_backward_op(
     lse: torch.Tensor, ignore_index: int, label_smoothing: float, z_loss: float,
     softcap: Optional[float], logit_scale: float, rows: int, cols: int, backend: str,
     need_x: bool, need_w: bool, need_b: bool,
+    margin: str = "", margin_args: Optional[Sequence[float]] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exact per-row gradients of ``reduction='none'``: tiles recomputed against ``lse``."""
     from .kernels.dispatch import TilePlan
 
-    target = _target(x, index, probs, class_weight, ignore_index, label_smoothing, weight.shape[0])
+    num_classes = margin_scores.num_classes(margin, margin_args, weight)
+    target = _target(x, index, probs, class_weight, ignore_index, label_smoothing, num_classes)
     row_scale = grad_loss.to(lse.dtype) * target.valid
     res = get_backend(backend).run(
-        _problem(x, weight, bias, target, z_loss, softcap, logit_scale), TilePlan(rows, cols),
+        _problem(x, weight, bias, target, z_loss, softcap, logit_scale, margin, margin_args),
+        TilePlan(rows, cols),
         row_scale=row_scale, lse=lse, need_x=need_x, need_w=need_w, need_b=need_b,
     )
     gx = res.grad_x if res.grad_x is not None else _empty(x)
@@ -149,7 +161,8 @@ def _linear_ce_backward_op(
 
 @_linear_ce_backward_op.register_fake
 def _(grad_loss, x, weight, bias, index, probs, class_weight, lse, ignore_index, label_smoothing,
-      z_loss, softcap, logit_scale, rows, cols, backend, need_x, need_w, need_b):
+      z_loss, softcap, logit_scale, rows, cols, backend, need_x, need_w, need_b, margin="",
+      margin_args=None):
     return (
         torch.empty_like(x) if need_x else _empty(x),
         torch.empty_like(weight) if need_w else _empty(weight),
@@ -159,13 +172,14 @@ def _(grad_loss, x, weight, bias, index, probs, class_weight, lse, ignore_index,
 
 _ARGS = ("x", "weight", "bias", "index", "probs", "class_weight", "ignore_index",
          "label_smoothing", "reduction", "z_loss", "softcap", "logit_scale", "all_ignored",
-         "rows", "cols", "backend", "stats", "need_x", "need_w", "need_b")
+         "rows", "cols", "backend", "stats", "need_x", "need_w", "need_b", "margin", "margin_args")
 
 
 def _setup_context(ctx, inputs, output):
-    a = dict(zip(_ARGS, inputs))
+    a = {"margin": "", "margin_args": None, **dict(zip(_ARGS, inputs))}
     ctx.args = {k: a[k] for k in ("ignore_index", "label_smoothing", "z_loss", "softcap",
-                                  "logit_scale", "rows", "cols", "backend")}
+                                  "logit_scale", "rows", "cols", "backend", "margin",
+                                  "margin_args")}
     ctx.reduction = a["reduction"]
     ctx.need = (a["need_x"], a["need_w"], a["need_b"] and a["bias"] is not None)
     _, lse, ent, best, gx, gw, gb = output
@@ -183,6 +197,8 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_loss, _lse, _ent, _arg, _gx, _gw, _gb):
     need_x, need_w, need_b = ctx.need
+    if grad_loss is None:  # an undefined upstream gradient (set_materialize_grads(False))
+        return (None,) * 22
     if ctx.reduction == "none":
         x, weight, bias, index, probs, class_weight, lse = ctx.saved_tensors
         gx, gw, gb = _linear_ce_backward_op(
@@ -205,7 +221,7 @@ def _backward(ctx, grad_loss, _lse, _ent, _arg, _gx, _gw, _gb):
             # detach(): a fresh TensorImpl over the same storage, which AccumulateGrad
             # can adopt as .grad instead of cloning a buffer the op's outputs still hold.
             gx, gw, gb = gx.mul_(grad_loss).detach(), gw.mul_(grad_loss).detach(), gb.mul_(grad_loss).detach()
-    return (gx if need_x else None, gw if need_w else None, gb if need_b else None) + (None,) * 17
+    return (gx if need_x else None, gw if need_w else None, gb if need_b else None) + (None,) * 19
 
 
 _linear_ce_op.register_autograd(_backward, setup_context=_setup_context)

@@ -30,6 +30,15 @@ a :class:`~crossent.kernels.dispatch.TilePlan` and
 - ``lse`` ``(N,)`` or None: known log-sum-exp (then only gradients are formed);
 
 and returns a :class:`LinearResult`.
+
+**Other score sources.** ``LinearProblem.scores`` (default None: the scores above) may
+name another source of logits over the same weight, e.g. the margin heads'
+:class:`crossent.kernels.margin_scores.MarginScores`. It gives ``num_classes`` and
+``band(start, end)``, whose ``logits_(tile, ops, xb, c0)`` writes a tile of scores,
+``add_tile(ops, sinks, g, xb, c0, gx_acc)`` takes the tile's ``dL/dz`` into the
+gradients, and ``finish_x_(gx_acc)`` completes a band's ``dx``; ``finish_w_(grad_w)``
+completes ``dW`` after every band. Statistics, merge and targets are unchanged. Such a
+source ignores the bias and the :class:`ScoreTransform`, and always accumulates ``dx``.
 """
 
 from __future__ import annotations
@@ -56,10 +65,15 @@ class LinearProblem:
     target: ClassIndexTarget | ClassProbTarget
     transform: ScoreTransform
     z_loss: float
+    scores: object | None = None  # another score source (see the module docstring)
 
     @property
     def acc(self) -> torch.dtype:
         return accumulation_dtype(self.x.dtype)
+
+    @property
+    def num_classes(self) -> int:
+        return self.weight.shape[0] if self.scores is None else self.scores.num_classes
 
 
 class LinearResult(NamedTuple):
@@ -163,6 +177,36 @@ def _gradient_tile_(e: torch.Tensor, u: torch.Tensor | None, p_coef: torch.Tenso
     return e
 
 
+def _logits_(ops: _Operands, band, tile: torch.Tensor, xb: torch.Tensor, c0: int,
+             transform: ScoreTransform, keep_tanh: bool) -> torch.Tensor | None:
+    """A tile of scores: ``x W^T + b`` transformed, or those of another score source."""
+    if band is None:
+        return ops.logits_(tile, xb, c0, transform, keep_tanh)
+    band.logits_(tile, ops, xb, c0)
+    return None
+
+
+def _source_gradients(p: LinearProblem, ops: _Operands, sinks: _Sinks, band, buf: torch.Tensor,
+                      xb: torch.Tensor, tgt, cols: int, band_lse: torch.Tensor,
+                      p_coef: torch.Tensor, r: torch.Tensor, fused_stats, gx_acc) -> None:
+    """One band's gradients for another score source: from the tile the statistics left
+    (whole rows, ``fused_stats`` given) or from tiles recomputed against ``band_lse``."""
+    n = xb.shape[0]
+    if fused_stats is not None:  # the tile still holds exp(z - m)
+        g = _gradient_tile_(buf[:n], None, p_coef / fused_stats.sumexp, -r, tgt, 0, p.transform)
+        band.add_tile(ops, sinks, g, xb, 0, gx_acc)
+    else:
+        v = p.num_classes
+        for c0 in range(0, v, cols):
+            tile = buf[:n, : min(cols, v - c0)]
+            band.logits_(tile, ops, xb, c0)
+            tile.sub_(band_lse.unsqueeze(1)).exp_()
+            g = _gradient_tile_(tile, None, p_coef, -r, tgt, c0, p.transform)
+            band.add_tile(ops, sinks, g, xb, c0, gx_acc)
+    if gx_acc is not None:
+        band.finish_x_(gx_acc)
+
+
 def _bands(n: int, rows: int):
     for start in range(0, n, rows):
         yield start, min(start + rows, n)
@@ -181,7 +225,7 @@ def run(
     argmax: bool = False,
 ) -> LinearResult:
     """Statistics (when ``lse`` is None) and gradients (when ``row_scale`` is given)."""
-    n, v = p.x.shape[0], p.weight.shape[0]
+    n, v = p.x.shape[0], p.num_classes
     acc, dev = p.acc, p.x.device
     ops = _Operands(p)
     grads = row_scale is not None
@@ -200,17 +244,18 @@ def run(
     buf = torch.empty(min(plan.rows, n), min(plan.cols, v), dtype=acc, device=dev)
     gx_acc_buf = (
         torch.empty(min(plan.rows, n), p.x.shape[1], dtype=acc, device=dev)
-        if grads and sinks.grad_x is not None and not fused else None
+        if grads and sinks.grad_x is not None and (not fused or p.scores is not None) else None
     )
     mass = p.target.mass
     for s, e in _bands(n, plan.rows):
         xb = ops.x(p.x[s:e])
         tgt = p.target.rows(s, e)
+        band = None if p.scores is None else p.scores.band(s, e)
         if want_stats:
             stats = None
             for c0 in range(0, v, plan.cols):
                 tile = buf[: e - s, : min(plan.cols, v - c0)]
-                u = ops.logits_(tile, xb, c0, p.transform, keep_tanh and fused)
+                u = _logits_(ops, band, tile, xb, c0, p.transform, keep_tanh and fused)
                 part = _stats.tile_stats_(tile, tgt, c0, entropy=entropy, argmax=argmax)
                 stats = part if stats is None else _stats.merge(stats, part)
             band_lse = _stats.logsumexp(stats)
@@ -225,7 +270,7 @@ def run(
         band_lse = lse[s:e]
         r = row_scale[s:e].to(acc)
         p_coef = r * (mass[s:e] + 2.0 * p.z_loss * band_lse)
-        if want_stats and fused:
+        if want_stats and fused and band is None:
             # The tile still holds exp(z - m): softmax is one division away.
             tile = buf[: e - s]
             g = _gradient_tile_(tile, u, p_coef / stats.sumexp, -r, tgt, 0, p.transform)
@@ -240,6 +285,12 @@ def run(
         gx_acc = None
         if gx_acc_buf is not None:
             gx_acc = gx_acc_buf[: e - s].zero_()
+        if band is not None:
+            _source_gradients(p, ops, sinks, band, buf, xb, tgt, plan.cols, band_lse, p_coef, r,
+                              stats if want_stats and fused else None, gx_acc)
+            if gx_acc is not None:
+                sinks.grad_x[s:e].copy_(gx_acc)
+            continue
         for c0 in range(0, v, plan.cols):
             tile = buf[: e - s, : min(plan.cols, v - c0)]
             u = ops.logits_(tile, xb, c0, p.transform, keep_tanh)
@@ -250,6 +301,8 @@ def run(
             sinks.add_tile(ops, g, xb, c0, gx_acc)
         if gx_acc is not None:
             sinks.grad_x[s:e].copy_(gx_acc)
+    if grads and p.scores is not None and sinks.grad_w is not None:
+        p.scores.finish_w_(sinks.grad_w)
     return LinearResult(
         lse if want_stats else None, dot, ent, best, sinks.grad_x, sinks.grad_w, sinks.grad_b
     )

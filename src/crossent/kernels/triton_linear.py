@@ -13,8 +13,8 @@ registers (``tl.dot`` over ``BLOCK_H`` slices of the hidden size), never writing
   band, in float32, deterministic (no atomics). The band follows the memory budget.
 
 Offsets are int64 so ``N x V`` may pass 2^31. Class-index targets (with class weight
-and label smoothing) run here; probability targets and float64 inputs use the PyTorch
-backend. Under ``TRITON_INTERPRET=1`` the same kernels run on the CPU (tests).
+and label smoothing) run here; probability targets, float64 inputs and other score
+sources (the margin heads of :mod:`crossent.margin`) use the PyTorch backend. Under ``TRITON_INTERPRET=1`` the same kernels run on the CPU (tests).
 
 Design after Wijmans et al., "Cut Your Losses in Large-Vocabulary Language Models"
 (2024), with the backward matmuls left to the BLAS as in Hsu et al., "Liger Kernel" (2024).
@@ -160,7 +160,10 @@ def _blocks(device: torch.device) -> tuple[int, int, int]:
 
 
 def _supported(p: LinearProblem) -> bool:
-    return isinstance(p.target, ClassIndexTarget) and p.x.dtype != torch.float64
+    """Class-index targets, no float64, plain ``x W^T + b`` scores. Other score sources
+    (the margin heads) run on the PyTorch backend."""
+    return (isinstance(p.target, ClassIndexTarget) and p.x.dtype != torch.float64
+            and p.scores is None)
 
 
 def _common(p: LinearProblem, t: ClassIndexTarget):

@@ -33,6 +33,7 @@ SUITES: dict[str, str] = {
     "linear": "crossent.bench.suites.linear",
     "contrastive": "crossent.bench.suites.contrastive",
     "parallel": "crossent.bench.suites.parallel",
+    "margin": "crossent.bench.suites.margin",
 }
 
 

@@ -1,0 +1,389 @@
+"""Margin softmax heads: L-Softmax, SphereFace, CosFace/AM-Softmax, ArcFace, combined, sub-centre.
+
+For embeddings ``x`` ``(N, D)``, class weights ``W`` ``(C, D)`` (``nn.Linear``'s layout) and
+``theta_ic`` the angle between ``x_i`` and ``W_c``, every head is a cross-entropy over logits
+whose target column carries a margin::
+
+    head                       other logits z_ic            target logit z_iy
+    L-Softmax  (Liu 2016)      ||W_c|| ||x|| cos theta      ||W_y|| ||x|| psi(theta)      times s
+    SphereFace (Liu 2017)      ||x|| cos theta              ||x|| psi(theta)              times s
+    CosFace    (Wang 2018)     s cos theta                  s (cos theta - m)
+    ArcFace    (Deng 2019)     s cos theta                  s cos(theta + m)
+    combined   (InsightFace)   s cos theta                  s (cos(m1 theta + m2) - m3)
+
+with ``psi(theta) = (-1)^k cos(m theta) - 2k`` on ``[k pi/m, (k+1) pi/m]`` (integer ``m``).
+The margin functions, their continuations past pi and their slopes at theta = 0 and pi
+are in :mod:`crossent._margins`. Sub-centre ArcFace (Deng et al. 2020) takes the class
+cosine as the max over ``K`` centres (weight ``(C*K, D)``, row ``c*K + k``).
+
+**Fused.** Every loss runs on the tiled path of :func:`crossent.linear_cross_entropy`
+(:mod:`crossent.kernels.margin_scores`): the class norms are a ``(C,)`` vector applied to
+each logit tile, the margin replaces only the target column, and the gradient flows back
+through the normalisation tile by tile. Memory beyond the weight gradient: the logit tiles
+(``memory_budget``), a ``(C,)`` norm vector and ``(N, K, D)`` gathered target rows; never
+``N x C`` logits, never a normalised copy of ``W``.
+
+Arguments shared by every loss: ``reduction``, ``ignore_index`` and ``label_smoothing`` as
+in :func:`crossent.cross_entropy` (label smoothing spreads over the margin-adjusted
+logits), and the tiling controls of :func:`crossent.linear_cross_entropy`
+(``memory_budget``, default :data:`DEFAULT_MEMORY_BUDGET` here, ``token_chunk_size``,
+``vocab_chunk_size``, ``backend``; the Triton
+backend has no margin kernels, so margin heads always run on the PyTorch backend).
+Zero-norm embeddings (on rows that are not ignored) and zero-norm class weights raise
+:class:`crossent.ArgumentError`: they have no angle.
+
+:func:`margin_logits` gives the margin-adjusted ``N x C`` logits themselves (plots,
+evaluation), differentiably, for problems where they fit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import _checks
+from ._margins import MarginSpec, anneal_lambda
+from .kernels import margin_scores
+from .kernels.dispatch import plan_tiles, resolve_backend
+from .linear import _linear_ce_op
+
+__all__ = [
+    "arcface_loss",
+    "cosface_loss",
+    "sphereface_loss",
+    "large_margin_softmax_loss",
+    "combined_margin_loss",
+    "subcenter_arcface_loss",
+    "margin_logits",
+    "margin_spec",
+    "anneal_lambda",
+    "HEADS",
+]
+
+GRADIENTS = ("exact", "straight_through")
+
+#: Default bytes of logit tiles for scalar reductions. Margin heads see small batches and
+#: very many classes: 128 MiB lets a 512-row batch over 100,000 classes take whole rows
+#: (one pass, three matmuls instead of four); at 1,000,000 classes the peak stays about
+#: 134 MiB above the weight gradient (BENCHMARKS.md). ``reduction='none'`` keeps the
+#: linear cross-entropy's recompute default.
+DEFAULT_MEMORY_BUDGET = 128 << 20
+
+# ----------------------------------------------------------------------------- specs
+
+
+def _in_range(name: str, value, low: float, high: float, high_open: bool = True) -> float:
+    value = _checks.check_number(name, value)
+    ok = low <= value < high if high_open else low <= value <= high
+    if not ok:
+        bracket = ")" if high_open else "]"
+        raise _checks.ArgumentError(f"{name} must be in [{low}, {high:.6g}{bracket}, got {value}")
+    return value
+
+
+def _integer_margin(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__index__"):
+        raise _checks.ArgumentTypeError(f"margin must be an int, got {type(value).__name__} {value!r}")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise _checks.ArgumentError(
+                f"margin must be an integer (the multiplicative angular margin m of "
+                f"cos(m theta)), got {value}"
+            )
+    value = int(value)
+    if value < 1:
+        raise _checks.ArgumentError(f"margin must be an integer >= 1, got {value}")
+    return value
+
+
+def _scale(value) -> float:
+    return _checks.check_positive("scale", value, allow_none=False)
+
+
+def _gradient(value: str) -> bool:
+    return _checks.check_choice("gradient", value, GRADIENTS) == "straight_through"
+
+
+def _flag(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise _checks.ArgumentTypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _centers(value) -> int:
+    value = _checks.check_int("centers", value)
+    if value < 1:
+        raise _checks.ArgumentError(f"centers must be >= 1, got {value}")
+    return value
+
+
+def _arcface(scale=64.0, margin=0.5, easy_margin=False, gradient="exact", centers=1):
+    return MarginSpec("arcface", _scale(scale), m2=_in_range("margin", margin, 0.0, math.pi),
+                      easy_margin=_flag("easy_margin", easy_margin),
+                      straight_through=_gradient(gradient), centers=_centers(centers))
+
+
+def _cosface(scale=64.0, margin=0.35):
+    return MarginSpec("cosface", _scale(scale), m3=_in_range("margin", margin, 0.0, 2.0))
+
+
+def _multiplicative(kind):
+    def spec(margin=4, scale=1.0, annealing=0.0):
+        return MarginSpec(kind, _scale(scale), m1=float(_integer_margin(margin)),
+                          annealing=_checks.check_non_negative("annealing", annealing))
+    return spec
+
+
+def _combined(scale=64.0, m1=1.0, m2=0.5, m3=0.0):
+    return MarginSpec("combined", _scale(scale), m1=_in_range("m1", m1, 1.0, math.inf),
+                      m2=_in_range("m2", m2, 0.0, math.pi), m3=_in_range("m3", m3, 0.0, 2.0))
+
+
+def _subcenter(centers=3, scale=64.0, margin=0.5, easy_margin=False, gradient="exact"):
+    return _arcface(scale, margin, easy_margin, gradient, centers)
+
+
+#: head name -> builder of its :class:`~crossent._margins.MarginSpec` from keyword arguments
+HEADS = {
+    "arcface": _arcface,
+    "cosface": _cosface,
+    "sphereface": _multiplicative("sphereface"),
+    "lsoftmax": _multiplicative("lsoftmax"),
+    "combined": _combined,
+    "subcenter_arcface": _subcenter,
+}
+
+
+def margin_spec(head: str, **params) -> MarginSpec:
+    """The validated spec of ``head`` (a key of :data:`HEADS`) with its keyword arguments."""
+    _checks.check_choice("head", head, tuple(HEADS))
+    try:
+        return HEADS[head](**params)
+    except TypeError as exc:
+        if isinstance(exc, _checks.ArgumentTypeError):
+            raise
+        raise _checks.ArgumentTypeError(f"{head}: {exc}") from None
+
+
+# ------------------------------------------------------------------------ validation
+
+
+def _check_inputs(embeddings, weight, centers: int) -> int:
+    """Shapes, dtypes and devices; returns the number of classes."""
+    _checks.check_floating("embeddings", embeddings)
+    _checks.check_floating("weight", weight)
+    if embeddings.dim() != 2:
+        raise _checks.ArgumentError(
+            f"embeddings must be 2-D (N, embedding_dim), got shape {list(embeddings.shape)}")
+    if weight.dim() != 2:
+        raise _checks.ArgumentError(
+            f"weight must be 2-D (num_classes * centers, embedding_dim), got shape {list(weight.shape)}")
+    if embeddings.shape[1] != weight.shape[1]:
+        raise _checks.ArgumentError(
+            f"embeddings and weight must have equal last dimensions (embedding_dim), got "
+            f"{embeddings.shape[1]} and {weight.shape[1]}")
+    if embeddings.dtype != weight.dtype:
+        raise _checks.ArgumentTypeError(
+            f"embeddings and weight must have the same dtype, got {embeddings.dtype} and {weight.dtype}")
+    if embeddings.device != weight.device:
+        raise _checks.ArgumentError(f"weight is on {weight.device}, expected {embeddings.device} like embeddings")
+    if weight.shape[0] == 0 or weight.shape[0] % centers:
+        raise _checks.ArgumentError(
+            f"weight must have num_classes * centers rows (centers={centers}), got {weight.shape[0]} rows")
+    return weight.shape[0] // centers
+
+
+def _check_target(target, n: int, num_classes: int, ignore_index: int, device) -> torch.Tensor:
+    if not isinstance(target, torch.Tensor):
+        raise _checks.ArgumentTypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    _checks.check_index_target_dtype(target)
+    if tuple(target.shape) != (n,):
+        raise _checks.ArgumentError(
+            f"target must have shape [{n}] (one class index per embedding), got {list(target.shape)}")
+    if target.device != device:
+        raise _checks.ArgumentError(f"target is on {target.device}, expected {device}")
+    if not torch.compiler.is_compiling():
+        _checks.check_index_bounds(target, num_classes, ignore_index)
+    return target.long()
+
+
+# ------------------------------------------------------------------------ the fused loss
+
+
+def _fused_loss(spec: MarginSpec, embeddings, weight, target, *, reduction="mean",
+                ignore_index=-100, label_smoothing=0.0, memory_budget=None,
+                token_chunk_size=None, vocab_chunk_size=None, backend="auto"):
+    reduction = _checks.check_reduction(reduction)
+    num_classes = _check_inputs(embeddings, weight, spec.centers)
+    ignore_index = _checks.check_int("ignore_index", ignore_index)
+    label_smoothing = _checks.check_unit_interval("label_smoothing", label_smoothing)
+    index = _check_target(target, embeddings.shape[0], num_classes, ignore_index, embeddings.device)
+    backend = resolve_backend(backend, embeddings.device)
+    grad_on = torch.is_grad_enabled()
+    need_x = grad_on and embeddings.requires_grad
+    need_w = grad_on and weight.requires_grad
+    if memory_budget is None and reduction != "none":
+        memory_budget = DEFAULT_MEMORY_BUDGET
+    plan = plan_tiles(embeddings.shape[0], num_classes,
+                      buffers=1 + margin_scores.extra_tile_buffers(spec.centers),
+                      memory_budget=memory_budget, token_chunk_size=token_chunk_size,
+                      vocab_chunk_size=vocab_chunk_size, recompute=reduction == "none",
+                      accumulator_width=embeddings.shape[1] if need_x else 0)
+    out = _linear_ce_op(
+        embeddings, weight, None, index, None, None, ignore_index, label_smoothing, reduction,
+        0.0, None, 1.0, "nan", plan.rows, plan.cols, backend, False, need_x, need_w, False,
+        margin=spec.kind, margin_args=spec.to_args(),
+    )
+    return out[0]
+
+
+_COMMON = """
+    Shapes: embeddings ``(N, D)``, weight ``(C, D)``, target ``(N,)`` int64 class indices.
+    ``reduction``, ``ignore_index``, ``label_smoothing``: as :func:`crossent.cross_entropy`;
+    ``memory_budget``, ``token_chunk_size``, ``vocab_chunk_size``, ``backend``: as
+    :func:`crossent.linear_cross_entropy`. Returns the loss (``(N,)`` for 'none'), float32
+    for half inputs."""
+
+
+def _with_common(fn):
+    fn.__doc__ = fn.__doc__.rstrip() + "\n" + _COMMON
+    return fn
+
+
+@_with_common
+def arcface_loss(embeddings, weight, target, *, scale=64.0, margin=0.5, easy_margin=False,
+                 gradient="exact", **kwargs):
+    """ArcFace (Deng et al., "ArcFace: Additive Angular Margin Loss for Deep Face
+    Recognition", CVPR 2019): target logit ``s cos(theta + m)``, others ``s cos theta``.
+
+    Past ``theta > pi - m`` the target logit continues as ``s (cos theta - m sin m)``
+    (InsightFace's classic code, pytorch-metric-learning). ``easy_margin=True`` applies the
+    margin only where ``cos theta > 0``. ``gradient='straight_through'`` keeps the forward
+    and backpropagates as if the target logit were ``s cos theta`` (InsightFace's current
+    arcface_torch, which takes ``acos`` under ``no_grad``; its forward has no continuation
+    past ``pi - m``, so values agree for ``theta <= pi - m``). ``margin`` in radians, in
+    ``[0, pi)``.
+    """
+    return _fused_loss(_arcface(scale, margin, easy_margin, gradient), embeddings, weight,
+                       target, **kwargs)
+
+
+@_with_common
+def cosface_loss(embeddings, weight, target, *, scale=64.0, margin=0.35, **kwargs):
+    """CosFace / AM-Softmax (Wang et al., "CosFace: Large Margin Cosine Loss", CVPR 2018;
+    Wang et al., "Additive Margin Softmax", 2018): target logit ``s (cos theta - m)``,
+    others ``s cos theta``; ``margin`` in ``[0, 2)``.
+    """
+    return _fused_loss(_cosface(scale, margin), embeddings, weight, target, **kwargs)
+
+
+@_with_common
+def sphereface_loss(embeddings, weight, target, *, margin=4, scale=1.0, annealing=0.0, **kwargs):
+    """SphereFace / A-Softmax (Liu et al., "SphereFace: Deep Hypersphere Embedding for Face
+    Recognition", CVPR 2017): normalised class weights, logits ``s ||x|| cos theta_c``, the
+    target's ``s ||x|| psi(theta)`` with ``psi = (-1)^k cos(m theta) - 2k`` (integer
+    ``m >= 1``). ``annealing`` is the paper's ``lambda``: the target logit becomes
+    ``s ||x|| (lambda cos theta + psi) / (1 + lambda)`` (see :func:`anneal_lambda`).
+    """
+    return _fused_loss(HEADS["sphereface"](margin, scale, annealing), embeddings, weight,
+                       target, **kwargs)
+
+
+@_with_common
+def large_margin_softmax_loss(embeddings, weight, target, *, margin=4, scale=1.0, annealing=0.0,
+                              **kwargs):
+    """L-Softmax (Liu et al., "Large-Margin Softmax Loss for Convolutional Neural Networks",
+    ICML 2016): logits ``s ||W_c|| ||x|| cos theta_c = s W_c . x``, the target's
+    ``s ||W_y|| ||x|| psi(theta)``; integer ``m >= 1``. The method trains only with its
+    annealing ``lambda`` (``annealing``; the target logit becomes
+    ``s ||W_y|| ||x|| (lambda cos theta + psi) / (1 + lambda)``), decayed by a schedule
+    such as :func:`anneal_lambda`.
+    """
+    return _fused_loss(HEADS["lsoftmax"](margin, scale, annealing), embeddings, weight,
+                       target, **kwargs)
+
+
+@_with_common
+def combined_margin_loss(embeddings, weight, target, *, scale=64.0, m1=1.0, m2=0.5, m3=0.0,
+                         **kwargs):
+    """The combined margin of InsightFace: target logit ``s (cos(m1 theta + m2) - m3)``,
+    others ``s cos theta`` (``m1 >= 1``, ``m2`` in ``[0, pi)``, ``m3`` in ``[0, 2)``).
+
+    Past ``theta* = (pi - m2) / m1``, where ``m1 theta + m2`` reaches pi, the target logit
+    continues as ``s (cos theta - cos theta* - 1 - m3)``: continuous and decreasing in
+    theta (a CosFace margin equal to the penalty at ``theta*``). ``m1=1, m2=0`` is CosFace;
+    ``m1=1, m3=0`` is ArcFace up to ``theta = pi - m2``.
+    """
+    return _fused_loss(_combined(scale, m1, m2, m3), embeddings, weight, target, **kwargs)
+
+
+@_with_common
+def subcenter_arcface_loss(embeddings, weight, target, *, centers=3, scale=64.0, margin=0.5,
+                           easy_margin=False, gradient="exact", **kwargs):
+    """Sub-centre ArcFace (Deng et al., "Sub-center ArcFace", ECCV 2020): ``weight`` is
+    ``(C*K, D)`` with row ``c*K + k`` the centre ``k`` of class ``c``; each class's cosine is
+    the max over its ``K = centers`` centres, then ArcFace as :func:`arcface_loss`. The
+    gradient of a class logit goes to its arg-max centre.
+    """
+    return _fused_loss(_subcenter(centers, scale, margin, easy_margin, gradient), embeddings,
+                       weight, target, **kwargs)
+
+
+# ------------------------------------------------------------------- explicit logits
+
+
+class _Phi(torch.autograd.Function):
+    """``phi(c)`` with the slope of :meth:`MarginSpec.phi` as its derivative."""
+
+    @staticmethod
+    def forward(ctx, c, spec):
+        value, slope = spec.phi(c)
+        ctx.save_for_backward(slope)
+        return value
+
+    @staticmethod
+    def backward(ctx, grad):
+        (slope,) = ctx.saved_tensors
+        return grad * slope, None
+
+
+def margin_logits(embeddings, weight, target=None, *, head: str = "arcface", ignore_index=-100,
+                  **params) -> torch.Tensor:
+    """The ``(N, C)`` logits of ``head`` (a key of :data:`HEADS`, with its keyword
+    arguments), the margin applied to each row's target class; without ``target`` (or on
+    rows equal to ``ignore_index``) no margin: the evaluation logits ``s * rho * cos theta``.
+
+    Differentiable with plain autograd; it forms ``N x C`` logits (and normalised copies of
+    the inputs), so it is for plots, evaluation and small problems. ``cross_entropy`` of
+    these logits equals the head's fused loss.
+    """
+    spec = margin_spec(head, **params)
+    num_classes = _check_inputs(embeddings, weight, spec.centers)
+    nx = torch.linalg.vector_norm(embeddings, dim=1)
+    nw = torch.linalg.vector_norm(weight, dim=1)
+    valid = torch.ones(embeddings.shape[0], dtype=torch.bool, device=embeddings.device)
+    if target is not None:
+        ignore_index = _checks.check_int("ignore_index", ignore_index)
+        index = _check_target(target, embeddings.shape[0], num_classes, ignore_index,
+                              embeddings.device)
+        valid = index != ignore_index
+    margin_scores._check_nonzero("embeddings", nx.detach(), valid)
+    margin_scores._check_nonzero("weight", nw.detach())
+    cos = (embeddings @ weight.T) / (nx.unsqueeze(1) * nw.unsqueeze(0))
+    k = spec.centers
+    if k > 1:
+        cos = cos.view(-1, num_classes, k).amax(2)
+    rho = torch.ones_like(cos)
+    if not spec.normalize_x:
+        rho = rho * nx.unsqueeze(1)
+    if not spec.normalize_w:  # L-Softmax (one centre)
+        rho = rho * nw.unsqueeze(0)
+    logits = spec.scale * rho * cos
+    if target is None:
+        return logits
+    safe = torch.where(valid, index, torch.zeros_like(index)).unsqueeze(1)
+    c = cos.gather(1, safe).squeeze(1).clamp(-1.0, 1.0)
+    z_t = spec.scale * rho.gather(1, safe).squeeze(1) * _Phi.apply(c, spec)
+    z_t = torch.where(valid, z_t, logits.gather(1, safe).squeeze(1))
+    return logits.scatter(1, safe, z_t.unsqueeze(1))

@@ -1,0 +1,174 @@
+"""Margin heads that own their class weights, and Partial-FC class-centre sampling.
+
+``head = ce.ArcFace(num_classes, embedding_dim, scale=64.0, margin=0.5)``;
+``loss = head(embeddings, target)`` runs the fused loss of :mod:`crossent.margin` on the
+head's weight ``(num_classes [* centers], embedding_dim)``; ``head.logits(embeddings)``
+gives evaluation logits (:func:`crossent.margin_logits`).
+
+Weight initialisation follows each method's reference code:
+
+- ArcFace, combined margin, sub-centre ArcFace: ``N(0, 0.01^2)`` (InsightFace's arcface_torch
+  Partial FC);
+- CosFace / AM-Softmax and SphereFace: Caffe's ``xavier`` filler,
+  ``U(-sqrt(3/D), sqrt(3/D))`` (happynear/AMSoftmax and wy1iu/sphereface prototxts);
+- L-Softmax: Caffe's ``msra`` filler, ``N(0, 2/D)`` (wy1iu/LargeMargin_Softmax_Loss).
+
+**Partial FC** (An et al., "Partial FC: Training 10 Million Identities on a Single
+Machine", 2021): with ``sample_rate < 1`` each training step uses the positive classes
+of the batch plus random negatives, ``int(sample_rate * C)`` classes in all (only the
+positives when they are more), and remaps the labels to the sampled, sorted class list;
+the weight's gradient is zero outside the sampled rows. The sampled rows are gathered
+(``sample_rate * C x D`` and its gradient), the logits stay fused. ``generator`` makes the
+sampling reproducible. In ``eval()`` mode every class is used.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from . import _checks, margin
+
+__all__ = ["ArcFace", "CosFace", "SphereFace", "LargeMarginSoftmax", "CombinedMargin",
+           "SubCenterArcFace", "partial_fc_sample"]
+
+
+def _sample_rate(value) -> float:
+    rate = _checks.check_number("sample_rate", value)
+    if not 0.0 < rate <= 1.0:
+        raise _checks.ArgumentError(f"sample_rate must be in (0, 1], got {value}")
+    return rate
+
+
+def partial_fc_sample(target: torch.Tensor, num_classes: int, sample_rate: float, *,
+                      ignore_index: int = -100, generator: torch.Generator | None = None):
+    """``(classes, remapped_target)``: the sorted sampled class indices ``(S,)`` (every
+    positive of ``target`` kept, ``S = max(int(sample_rate * num_classes), #positives)``)
+    and ``target`` re-indexed into them (``ignore_index`` rows unchanged)."""
+    rate = _sample_rate(sample_rate)
+    valid = target != ignore_index
+    positives = torch.unique(target[valid])
+    num_sample = int(rate * num_classes)
+    if num_sample > positives.numel():
+        score = torch.rand(num_classes, generator=generator, device="cpu").to(target.device)
+        score[positives] = 2.0  # positives first
+        classes = torch.topk(score, num_sample).indices.sort().values
+    else:
+        classes = positives
+    remapped = torch.where(valid, torch.searchsorted(classes, target.clamp_min(0)), target)
+    return classes, remapped
+
+
+class _MarginHead(nn.Module):
+    """Shared body: the weight, Partial FC, forward through a fused margin loss."""
+
+    head: str = ""
+    centers: int = 1
+
+    def __init__(self, num_classes: int, embedding_dim: int, *, sample_rate: float = 1.0,
+                 generator: torch.Generator | None = None, device=None, dtype=None,
+                 **params):
+        super().__init__()
+        self.num_classes = _checks.check_int("num_classes", num_classes)
+        self.embedding_dim = _checks.check_int("embedding_dim", embedding_dim)
+        if self.num_classes < 1 or self.embedding_dim < 1:
+            raise _checks.ArgumentError(
+                f"num_classes and embedding_dim must be >= 1, got {num_classes} and {embedding_dim}")
+        loss_keys = ("reduction", "ignore_index", "label_smoothing", "memory_budget",
+                     "token_chunk_size", "vocab_chunk_size", "backend")
+        self.loss_kwargs = {k: params.pop(k) for k in loss_keys if k in params}
+        self.params = params
+        self.spec = margin.margin_spec(self.head, **params)  # validates the margin now
+        self.centers = self.spec.centers
+        self.sample_rate = _sample_rate(sample_rate)
+        self.generator = generator
+        self.weight = nn.Parameter(torch.empty(self.num_classes * self.centers, self.embedding_dim,
+                                               device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weight, 0.0, 0.01)
+
+    def forward(self, embeddings: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        weight = self.weight
+        if self.training and self.sample_rate < 1.0:
+            ignore = self.loss_kwargs.get("ignore_index", -100)
+            classes, target = partial_fc_sample(target, self.num_classes, self.sample_rate,
+                                                ignore_index=ignore, generator=self.generator)
+            rows = (classes.unsqueeze(1) * self.centers
+                    + torch.arange(self.centers, device=classes.device)).reshape(-1)
+            weight = weight.index_select(0, rows)
+        return margin._fused_loss(self.spec, embeddings, weight, target, **self.loss_kwargs)
+
+    def logits(self, embeddings: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+        """``(N, num_classes)`` logits; with ``target``, margin-adjusted on the target class."""
+        return margin.margin_logits(embeddings, self.weight, target, head=self.head, **self.params)
+
+    def extra_repr(self) -> str:
+        params = ", ".join(f"{k}={v}" for k, v in self.params.items())
+        return (f"num_classes={self.num_classes}, embedding_dim={self.embedding_dim}"
+                + (f", {params}" if params else "")
+                + (f", sample_rate={self.sample_rate}" if self.sample_rate < 1 else ""))
+
+
+def _xavier_caffe_(w: torch.Tensor) -> None:
+    bound = math.sqrt(3.0 / w.shape[1])
+    nn.init.uniform_(w, -bound, bound)
+
+
+class ArcFace(_MarginHead):
+    """:func:`crossent.arcface_loss` with its own weight, ``N(0, 0.01^2)`` initialised."""
+
+    head = "arcface"
+
+
+class CosFace(_MarginHead):
+    """:func:`crossent.cosface_loss` (AM-Softmax) with its own weight, Caffe xavier."""
+
+    head = "cosface"
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            _xavier_caffe_(self.weight)
+
+
+class SphereFace(_MarginHead):
+    """:func:`crossent.sphereface_loss` with its own weight, Caffe xavier. Set
+    ``head.params['annealing']`` (or rebuild) per step for the paper's schedule; see
+    :meth:`set_annealing`."""
+
+    head = "sphereface"
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            _xavier_caffe_(self.weight)
+
+    def set_annealing(self, value: float) -> None:
+        """The papers' ``lambda`` for the next steps (:func:`crossent.anneal_lambda`)."""
+        self.params["annealing"] = value
+        self.spec = margin.margin_spec(self.head, **self.params)
+
+
+class LargeMarginSoftmax(SphereFace):
+    """:func:`crossent.large_margin_softmax_loss` with its own weight, Caffe msra
+    ``N(0, 2/D)``; :meth:`set_annealing` for the schedule it needs to train."""
+
+    head = "lsoftmax"
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weight, 0.0, math.sqrt(2.0 / self.embedding_dim))
+
+
+class CombinedMargin(_MarginHead):
+    """:func:`crossent.combined_margin_loss` with its own weight, ``N(0, 0.01^2)``."""
+
+    head = "combined"
+
+
+class SubCenterArcFace(_MarginHead):
+    """:func:`crossent.subcenter_arcface_loss` with its own ``(num_classes * centers, D)``
+    weight, ``N(0, 0.01^2)``."""
+
+    head = "subcenter_arcface"
