@@ -490,3 +490,25 @@ def test_meta_device_model():
         model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**_SMALL))
     with pytest.raises(ArgumentError, match="meta"):
         ce_hf.apply(model)
+
+
+# ----------------------------------------------------------------------- the bench
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_bench_hf_suite_tiny(arch, tmp_path, capsys):
+    import argparse
+    import json
+
+    from crossent.bench import command
+
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    out = tmp_path / "r.json"
+    args = parser.parse_args(["hf", "--set", f"arch={arch}", "v=64", "h=32", "heads=2", "intermediate=64",
+                              "seq=16", "--reps", "1", "--warmup", "1", "--json", str(out)])
+    assert command.run(args) == 0
+    assert "case default" in capsys.readouterr().out
+    (suite,) = json.loads(out.read_text())["suites"]
+    assert {r["impl"] for r in suite["results"]} == {"crossent", "transformers"}
+    assert all("error" not in r and r["median_s"] > 0 for r in suite["results"])

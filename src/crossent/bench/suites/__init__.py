@@ -28,6 +28,8 @@ from types import ModuleType
 SUITES: dict[str, str] = {
     "ce": "crossent.bench.suites.ce",
     "linear": "crossent.bench.suites.linear",
+    # a Hugging Face causal LM patched by crossent.integrations.transformers
+    "hf": "crossent.bench.suites.hf",
 }
 
 
