@@ -337,6 +337,29 @@ def test_revert_and_apply_twice():
         ce_hf.revert(model)
 
 
+def test_a_deep_copy_stays_patched_on_its_own_weights():
+    model = ce_hf.apply(build("llama"))
+    twin = copy.deepcopy(model)
+    assert ce_hf.is_applied(twin) and twin.forward.__self__ is twin
+    ids, _, labels = batch()
+    twin(input_ids=ids, labels=labels).loss.backward()
+    assert twin.lm_head.weight.grad is not None and model.lm_head.weight.grad is None
+
+
+def test_gradient_checkpointing():
+    patched, reference = twins("qwen2-tied")
+    for model in (patched, reference):  # transformers 5 renamed it
+        enable = getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)
+        enable()
+    ids, mask, labels = batch()
+    out = patched(input_ids=ids, attention_mask=mask, labels=labels)
+    out.loss.backward()
+    want = reference_loss(reference(input_ids=ids, attention_mask=mask).logits, labels)
+    want.backward()
+    torch.testing.assert_close(out.loss, want, rtol=1e-12, atol=0)
+    assert_same_grads(patched, reference)
+
+
 def test_apply_leaves_rng_and_modes_alone():
     model = build("llama")
     model.model.layers[0].eval()
