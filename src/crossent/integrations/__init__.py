@@ -1,0 +1,8 @@
+"""Integrations of crossent's losses into training frameworks.
+
+Each submodule is optional and imports its framework only when used:
+
+- :mod:`crossent.integrations.transformers`: ``apply(model)`` makes a Hugging Face causal
+  LM compute its training loss with :func:`crossent.linear_cross_entropy`, from the final
+  hidden states and the output-layer weight, without the ``tokens x vocab`` logits.
+"""
