@@ -220,7 +220,7 @@ def test_caller_tensors_not_modified():
 def open_clip_loss():
     module = ref.open_clip_loss_module()
     if module is None:
-        pytest.skip("open_clip_torch is not installed (it is in the dev extra)")
+        pytest.skip("open_clip_torch is not installed (the README test command installs it with --no-deps)")
     return module
 
 

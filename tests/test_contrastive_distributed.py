@@ -276,7 +276,7 @@ def test_open_clip_default_mode_loses_a_factor_of_world_size(rank_pool):
     # the global batch gives J^T dL/dx. So each rank's features must receive W * dL/dx_r.
     # open_clip's default mode hands W times too little; crossent hands the right amount.
     if ref.open_clip_loss_module() is None:
-        pytest.skip("open_clip_torch is not installed (it is in the dev extra)")
+        pytest.skip("open_clip_torch is not installed (the README test command installs it with --no-deps)")
     g = torch.Generator().manual_seed(9)
     img = torch.randn(8, 4, generator=g, dtype=D).requires_grad_()
     txt = torch.randn(8, 4, generator=g, dtype=D)
