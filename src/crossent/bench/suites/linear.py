@@ -42,7 +42,9 @@ PRESETS = {
 
 
 def available(impl: str, cfg: dict) -> bool:
-    if impl in ("crossent", "torch_chunked", "torch_logits"):
+    if impl == "torch_chunked":  # F.linear_cross_entropy: torch >= 2.12
+        return hasattr(F, "linear_cross_entropy")
+    if impl in ("crossent", "torch_logits"):
         return True
     if cfg["device"] != "cuda" or not torch.cuda.is_available():
         return False
