@@ -22,7 +22,7 @@ run() {  # run SECONDS NAME CMD...: one step, its log in $OUT/NAME.log, never pa
 STEPS=${STEPS:-tests bench}
 bench="python3 -m crossent.cli bench --rounds 1 --warmup 2 --reps 10"
 for step in $STEPS; do case $step in
-  tests) TAIL=25 run 200 tests python3 -m pytest -q -p no:cacheprovider -x --timeout 180 \
+  tests) TAIL=25 run 200 tests python3 -m pytest -q -p no:cacheprovider --timeout 180 \
            tests/test_gpu.py tests/test_contrastive_triton.py tests/test_linear_triton.py \
            ${EXTRA_TESTS:-} ;;
   bench)
