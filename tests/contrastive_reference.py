@@ -82,7 +82,7 @@ def siglip(image, text, scale, bias):
     """Zhai et al. 2023, Algorithm 1: ``-sum_ij log sigmoid(y_ij z_ij) / n``."""
     z = scale * image.to(D) @ text.to(D).T + bias
     n = z.shape[0]
-    y = 2 * torch.eye(n, dtype=D) - 1
+    y = 2 * torch.eye(n, dtype=D, device=z.device) - 1
     return -F.logsigmoid(y * z).sum() / n
 
 

@@ -53,11 +53,17 @@ def tile_stats(
         # The entropy needs sum_c exp(z_c - m) z_c: the in-place pass on a copy gives it.
         return tile_stats_(z.clone(), target, col_start, entropy=True, argmax=argmax)
     dot = target.dot(z, col_start) if target is not None else z.new_zeros(z.shape[0])
-    best = z.argmax(1) + col_start if argmax else None
     # (m, l) = (logsumexp, 1) is a valid state (m + log l = lse), and PyTorch's fused
     # logsumexp is faster than max / exp / sum written out.
     lse = torch.logsumexp(z, 1)
-    return RowStats(lse, torch.ones_like(lse), dot, None, best)
+    if not argmax:
+        return RowStats(lse, torch.ones_like(lse), dot, None, None)
+    # merge() picks the argmax of the tile with the larger ``max``, so the state must
+    # carry the true row max: (m, exp(lse - m)), m read at the argmax (no extra pass).
+    local = z.argmax(1) if z.shape[1] else z.new_zeros(z.shape[:1], dtype=torch.long)
+    m = z.gather(1, local[:, None]).squeeze(1) if z.shape[1] else lse
+    sumexp = torch.where(m > -torch.inf, torch.exp(lse - _finite_or_zero(m)), 0.0)
+    return RowStats(m, sumexp, dot, None, local + col_start)
 
 
 def merge(a: RowStats, b: RowStats) -> RowStats:

@@ -85,7 +85,10 @@ def _stats_kernel(x_ptr, w_ptr, b_ptr, y_ptr, tw_ptr, valid_ptr, cw_ptr,
                             stride_w, scale, cap, HAS_BIAS, HAS_CAP, BLOCK_N, BLOCK_V, BLOCK_H,
                             DOT_PRECISION)
         z = tl.where(col_mask[None, :], z, float("-inf"))
-        picked += tl.sum(tl.where(cols[None, :] == y[:, None], z, 0.0), 1)
+        # a target outside this block's real columns (another rank's class shard, or a
+        # padded column past V) picks nothing: padded columns hold -inf
+        hit = (cols[None, :] == y[:, None]) & col_mask[None, :]
+        picked += tl.sum(tl.where(hit, z, 0.0), 1)
         zz = tl.where(col_mask[None, :], z, 0.0)
         if HAS_CW:
             cw = tl.load(cw_ptr + cols, mask=col_mask, other=0.0)

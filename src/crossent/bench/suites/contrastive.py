@@ -83,8 +83,9 @@ def make_inputs(cfg: dict, case: dict, seed: int = 0):
     n, d, device = cfg["n"], cfg["d"], cfg["device"]
     dtype = getattr(torch, cfg["dtype"])
     g = torch.Generator().manual_seed(seed)
-    img = F.normalize(torch.randn(n, d, generator=g), dim=1).to(device=device, dtype=dtype)
+    img = F.normalize(torch.randn(n, d, generator=g), dim=1)
     txt = F.normalize(img + 0.5 * torch.randn(n, d, generator=g), dim=1).to(device=device, dtype=dtype)
+    img = img.to(device=device, dtype=dtype)
     log_scale = torch.tensor(2.659 if case["loss"] == "clip" else 2.303, device=device)
     bias = torch.tensor(-10.0, device=device)
     return {"img": img.requires_grad_(), "txt": txt.requires_grad_(),
