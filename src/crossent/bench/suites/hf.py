@@ -27,8 +27,12 @@ FLOOR = None
 
 _ONE_LAYER = dict(h=256, intermediate=768, heads=4, layers=1, batch=2, seq=2048)
 PRESETS = {
-    "default": dict(arch="llama", v=128256, **_ONE_LAYER, dtype="float32", device="cpu",
-                    cases=["default"]),
+    # a light run for `crossent bench` on defaults (about 1 GiB, a minute on 2 cores)
+    "default": dict(arch="llama", v=32000, **{**_ONE_LAYER, "batch": 1, "seq": 1024},
+                    dtype="float32", device="cpu", cases=["default"]),
+    # Llama-3's vocabulary at 2 x 2048 tokens (the table in BENCHMARKS.md; about 6 GiB)
+    "llama3": dict(arch="llama", v=128256, **_ONE_LAYER, dtype="float32", device="cpu",
+                   cases=["default"]),
     "gemma2": dict(arch="gemma2", v=256000, **_ONE_LAYER, dtype="float32", device="cpu",
                    cases=["default"]),
     "llama3-gpu": dict(arch="llama", v=128256, **_ONE_LAYER, dtype="bfloat16", device="cuda",
