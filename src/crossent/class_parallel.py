@@ -390,7 +390,7 @@ def parallel_linear_cross_entropy(input, linear_weight, target, *, linear_bias=N
                                  ignore_index=a.ignore_index,
                                  label_smoothing=a.label_smoothing, dtype=acc)
     plan = _plan(a, linear_weight.shape[0], return_stats, memory_budget, token_chunk_size,
-                 vocab_chunk_size, recompute=a.reduction == "none")
+                 vocab_chunk_size, recompute=a.reduction == "none", weighted=weight is not None)
     spec = _LinearSpec(tgt, ScoreTransform(a.logit_scale, a.softcap), a.z_loss, a.reduction,
                        all_ignored, plan.rows, plan.cols, a.backend, bool(return_stats), group,
                        shards)

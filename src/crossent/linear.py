@@ -344,13 +344,18 @@ def _linear_args(input, linear_weight, target, linear_bias, weight, reduction, i
 
 
 def _plan(a: LinearArgs, num_classes: int, return_stats: bool, memory_budget, token_chunk_size,
-          vocab_chunk_size, recompute: bool):
+          vocab_chunk_size, recompute: bool, weighted: bool = False):
     transform = ScoreTransform(a.logit_scale, a.softcap)
+    # A probability target's tile is a view of the caller's tensor unless it must be
+    # converted, smoothed or class-weighted (ClassProbTarget.tile); only then a buffer.
+    probs_buffer = a.probs is not None and (
+        a.probs.dtype != accumulation_dtype(a.x.dtype) or a.label_smoothing > 0 or weighted)
     buffers = tile_buffers(transform, grads=a.need_x or a.need_w or a.need_b,
-                           entropy=return_stats, probs=a.probs is not None)
+                           entropy=return_stats, probs=probs_buffer)
     return plan_tiles(a.x.shape[0], num_classes, buffers=buffers, memory_budget=memory_budget,
                       token_chunk_size=token_chunk_size, vocab_chunk_size=vocab_chunk_size,
-                      recompute=recompute, accumulator_width=a.x.shape[1] if a.need_x else 0)
+                      recompute=recompute, accumulator_width=a.x.shape[1] if a.need_x else 0,
+                      device=a.x.device)
 
 
 def _with_stats(loss, lse, ent, best, input, return_stats: bool):
@@ -428,7 +433,7 @@ def linear_cross_entropy(
     a = _linear_args(input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
                      label_smoothing, z_loss, softcap, logit_scale, all_ignored, backend)
     plan = _plan(a, linear_weight.shape[0], return_stats, memory_budget, token_chunk_size,
-                 vocab_chunk_size, recompute=a.reduction == "none")
+                 vocab_chunk_size, recompute=a.reduction == "none", weighted=weight is not None)
     loss, lse, ent, best, _, _, _ = _linear_ce_op(
         a.x, linear_weight, linear_bias, a.index, a.probs, weight, a.ignore_index,
         a.label_smoothing, a.reduction, a.z_loss, a.softcap, a.logit_scale, all_ignored,

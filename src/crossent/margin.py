@@ -69,6 +69,8 @@ GRADIENTS = ("exact", "straight_through")
 #: 134 MiB above the weight gradient (BENCHMARKS.md). ``reduction='none'`` keeps the
 #: linear cross-entropy's recompute default.
 DEFAULT_MEMORY_BUDGET = 128 << 20
+#: on CUDA: whole rows of a million classes for a 512-row batch in one pass (2 GiB)
+CUDA_DEFAULT_MEMORY_BUDGET = 2 << 30
 
 # ----------------------------------------------------------------------------- specs
 
@@ -224,12 +226,14 @@ def _fused_loss(spec: MarginSpec, embeddings, weight, target, *, reduction="mean
     need_x = grad_on and embeddings.requires_grad
     need_w = grad_on and weight.requires_grad
     if memory_budget is None and reduction != "none":
-        memory_budget = DEFAULT_MEMORY_BUDGET
+        cuda = embeddings.device.type == "cuda"
+        memory_budget = CUDA_DEFAULT_MEMORY_BUDGET if cuda else DEFAULT_MEMORY_BUDGET
     plan = plan_tiles(embeddings.shape[0], num_classes,
                       buffers=1 + margin_scores.extra_tile_buffers(spec.centers),
                       memory_budget=memory_budget, token_chunk_size=token_chunk_size,
                       vocab_chunk_size=vocab_chunk_size, recompute=reduction == "none",
-                      accumulator_width=embeddings.shape[1] if need_x else 0)
+                      accumulator_width=embeddings.shape[1] if need_x else 0,
+                      device=embeddings.device)
     out = _linear_ce_op(
         embeddings, weight, None, index, None, None, ignore_index, label_smoothing, reduction,
         0.0, None, 1.0, "nan", plan.rows, plan.cols, backend, False, need_x, need_w, False,

@@ -29,6 +29,18 @@ from .._checks import ArgumentError
 #   level of PyTorch's own chunked path).
 DEFAULT_MEMORY_BUDGET = 32 << 20
 DEFAULT_RECOMPUTE_MEMORY_BUDGET = 8 << 20
+# On CUDA a band's fixed cost is kernel launches, so bands are taller: 256 MiB holds
+# about 256 rows of a 128k vocabulary in float32, where the matmuls run at full rate
+# (Liger-Kernel sizes its chunks alike). Still ~1/40 of the logits at 8192 x 128256.
+CUDA_DEFAULT_MEMORY_BUDGET = 256 << 20
+CUDA_DEFAULT_RECOMPUTE_MEMORY_BUDGET = 64 << 20
+
+
+def default_memory_budget(device: torch.device | str, recompute: bool) -> int:
+    """The tile budget used when the caller gives none (see the constants above)."""
+    if torch.device(device).type == "cuda":
+        return CUDA_DEFAULT_RECOMPUTE_MEMORY_BUDGET if recompute else CUDA_DEFAULT_MEMORY_BUDGET
+    return DEFAULT_RECOMPUTE_MEMORY_BUDGET if recompute else DEFAULT_MEMORY_BUDGET
 MIN_BAND_ROWS = 128
 MIN_VOCAB_TILE = 256
 
@@ -67,17 +79,18 @@ def plan_tiles(
     vocab_chunk_size: int | None = None,
     recompute: bool = False,
     accumulator_width: int = 0,
+    device: torch.device | str = "cpu",
 ) -> TilePlan:
     """Tile sizes whose ``buffers`` float tiles fit ``memory_budget`` bytes.
 
     Explicit ``token_chunk_size`` / ``vocab_chunk_size`` override the budget. Without a
     budget: :data:`DEFAULT_MEMORY_BUDGET`, or :data:`DEFAULT_RECOMPUTE_MEMORY_BUDGET` when
-    the backward recomputes the tiles (``recompute``, i.e. ``reduction='none'``).
+    the backward recomputes the tiles (``recompute``, i.e. ``reduction='none'``); their
+    ``CUDA_`` counterparts for tensors on ``device`` CUDA.
     When the vocabulary is tiled, the ``rows x accumulator_width`` float accumulator of
     ``dx`` (``accumulator_width = H`` when ``dx`` is formed) is paid from the budget too.
     """
-    default = DEFAULT_RECOMPUTE_MEMORY_BUDGET if recompute else DEFAULT_MEMORY_BUDGET
-    budget = _positive("memory_budget", memory_budget) or default
+    budget = _positive("memory_budget", memory_budget) or default_memory_budget(device, recompute)
     token = _positive("token_chunk_size", token_chunk_size)
     vocab = _positive("vocab_chunk_size", vocab_chunk_size)
     n, v = max(num_rows, 1), max(num_classes, 1)

@@ -140,8 +140,13 @@ class _Sinks:
     def __init__(self, p: LinearProblem, need_x: bool, need_w: bool, need_b: bool):
         acc, dev = p.acc, p.x.device
         self.grad_x = torch.empty_like(p.x, memory_format=torch.contiguous_format) if need_x else None
-        self.grad_w = torch.zeros(p.weight.shape, dtype=acc, device=dev) if need_w else None
-        self.grad_b = torch.zeros(p.weight.shape[0], dtype=acc, device=dev) if need_b and p.bias is not None else None
+        # The first token band writes dW and db (every class tile of it), later bands add:
+        # no zero fill, and one read of the V x H accumulator fewer. Other score sources
+        # add into them on their own, so for those they start at zero.
+        self.first_band = p.scores is None and p.x.shape[0] > 0
+        new = torch.empty if self.first_band else torch.zeros
+        self.grad_w = new(p.weight.shape, dtype=acc, device=dev) if need_w else None
+        self.grad_b = new(p.weight.shape[0], dtype=acc, device=dev) if need_b and p.bias is not None else None
 
     @property
     def any(self) -> bool:
@@ -156,12 +161,20 @@ class _Sinks:
             else:
                 gx_acc.add_(ops.matmul(g, ops.weight[c0:c0 + k]))
         if self.grad_w is not None:
-            if ops.mm_dtype == ops.acc:
-                self.grad_w[c0:c0 + k].addmm_(g.T, xb)
+            dw = self.grad_w[c0:c0 + k]
+            if ops.mm_dtype != ops.acc:
+                part = ops.matmul(g.T, xb)
+                (dw.copy_ if self.first_band else dw.add_)(part)
+            elif self.first_band:
+                torch.mm(g.T, xb, out=dw)
             else:
-                self.grad_w[c0:c0 + k].add_(ops.matmul(g.T, xb))
+                dw.addmm_(g.T, xb)
         if self.grad_b is not None:
-            self.grad_b[c0:c0 + k].add_(g.sum(0))
+            db = self.grad_b[c0:c0 + k]
+            if self.first_band:
+                torch.sum(g, 0, out=db)
+            else:
+                db.add_(g.sum(0))
 
 
 def _gradient_tile_(e: torch.Tensor, u: torch.Tensor | None, p_coef: torch.Tensor,
@@ -248,6 +261,8 @@ def run(
     )
     mass = p.target.mass
     for s, e in _bands(n, plan.rows):
+        if s > 0:
+            sinks.first_band = False
         xb = ops.x(p.x[s:e])
         tgt = p.target.rows(s, e)
         band = None if p.scores is None else p.scores.band(s, e)
