@@ -56,6 +56,7 @@ from ._core import ScoreTransform, softmax_statistics, to_rows
 from ._reduction import accumulation_dtype, mean_scale, reduce_rows
 from ._stats import cross_entropy_rows
 from ._targets import ClassIndexTarget, ClassProbTarget
+from .kernels import margin_scores
 from .kernels.dispatch import TilePlan, get_backend
 from .kernels.torch_chunked import LinearProblem
 
@@ -279,6 +280,7 @@ class _LinearSpec:
     return_stats: bool
     group: object
     shards: Shards
+    margin: object = None  # a crossent._margins.MarginSpec: margin-head scores (Partial FC)
 
 
 class _ParallelLinearCE(torch.autograd.Function):
@@ -289,7 +291,10 @@ class _ParallelLinearCE(torch.autograd.Function):
         backend = get_backend(spec.backend)
         plan = TilePlan(spec.rows, spec.cols)
         target = spec.target
-        problem = LinearProblem(x, weight, bias, target, spec.transform, spec.z_loss)
+        scores = None
+        if spec.margin is not None:  # per class and per row only: shards compose (see there)
+            scores = margin_scores.MarginScores(spec.margin, x, weight, target)
+        problem = LinearProblem(x, weight, bias, target, spec.transform, spec.z_loss, scores)
         local = backend.run(problem, plan, entropy=spec.return_stats, argmax=spec.return_stats)
         extra = {}
         if spec.return_stats:
@@ -304,7 +309,7 @@ class _ParallelLinearCE(torch.autograd.Function):
         loss = reduce_rows(row_loss, spec.reduction, m.denominator, all_ignored=spec.all_ignored)
         # the whole problem's masses: the gradient is (s_i + 2 z lse_i) softmax_i - t_i
         whole = LinearProblem(x, weight, bias, dataclasses.replace(target, mass=m.mass),
-                              spec.transform, spec.z_loss)
+                              spec.transform, spec.z_loss, scores)
         ctx.spec, ctx.need = spec, (need_x, need_w, need_b)
         ctx.dtypes = (weight.dtype, bias.dtype if bias is not None else None)
         ctx.grads = None

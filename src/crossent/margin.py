@@ -213,6 +213,22 @@ def _check_target(target, n: int, num_classes: int, ignore_index: int, device) -
 # ------------------------------------------------------------------------ the fused loss
 
 
+def margin_plan(spec: MarginSpec, embeddings: torch.Tensor, num_classes: int, reduction: str,
+                need_x: bool, memory_budget=None, token_chunk_size=None, vocab_chunk_size=None):
+    """Tile plan of a margin loss over ``embeddings``' rows and ``num_classes`` classes
+    (:data:`DEFAULT_MEMORY_BUDGET`, or :data:`CUDA_DEFAULT_MEMORY_BUDGET` on CUDA, unless
+    ``reduction='none'`` or a budget is given)."""
+    if memory_budget is None and reduction != "none":
+        cuda = embeddings.device.type == "cuda"
+        memory_budget = CUDA_DEFAULT_MEMORY_BUDGET if cuda else DEFAULT_MEMORY_BUDGET
+    return plan_tiles(embeddings.shape[0], num_classes,
+                      buffers=1 + margin_scores.extra_tile_buffers(spec.centers),
+                      memory_budget=memory_budget, token_chunk_size=token_chunk_size,
+                      vocab_chunk_size=vocab_chunk_size, recompute=reduction == "none",
+                      accumulator_width=embeddings.shape[1] if need_x else 0,
+                      device=embeddings.device)
+
+
 def _fused_loss(spec: MarginSpec, embeddings, weight, target, *, reduction="mean",
                 ignore_index=-100, label_smoothing=0.0, memory_budget=None,
                 token_chunk_size=None, vocab_chunk_size=None, backend="auto"):
@@ -225,15 +241,8 @@ def _fused_loss(spec: MarginSpec, embeddings, weight, target, *, reduction="mean
     grad_on = torch.is_grad_enabled()
     need_x = grad_on and embeddings.requires_grad
     need_w = grad_on and weight.requires_grad
-    if memory_budget is None and reduction != "none":
-        cuda = embeddings.device.type == "cuda"
-        memory_budget = CUDA_DEFAULT_MEMORY_BUDGET if cuda else DEFAULT_MEMORY_BUDGET
-    plan = plan_tiles(embeddings.shape[0], num_classes,
-                      buffers=1 + margin_scores.extra_tile_buffers(spec.centers),
-                      memory_budget=memory_budget, token_chunk_size=token_chunk_size,
-                      vocab_chunk_size=vocab_chunk_size, recompute=reduction == "none",
-                      accumulator_width=embeddings.shape[1] if need_x else 0,
-                      device=embeddings.device)
+    plan = margin_plan(spec, embeddings, num_classes, reduction, need_x, memory_budget,
+                       token_chunk_size, vocab_chunk_size)
     out = _linear_ce_op(
         embeddings, weight, None, index, None, None, ignore_index, label_smoothing, reduction,
         0.0, None, 1.0, "nan", plan.rows, plan.cols, backend, False, need_x, need_w, False,

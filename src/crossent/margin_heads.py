@@ -29,7 +29,8 @@ import math
 import torch
 from torch import nn
 
-from . import _checks, margin
+from . import _checks, distributed, margin
+from .partial_fc import partial_fc_loss, shard_range
 
 __all__ = ["ArcFace", "CosFace", "SphereFace", "LargeMarginSoftmax", "CombinedMargin",
            "SubCenterArcFace", "partial_fc_sample"]
@@ -68,7 +69,7 @@ class _MarginHead(nn.Module):
     centers: int = 1
 
     def __init__(self, num_classes: int, embedding_dim: int, *, sample_rate: float = 1.0,
-                 generator: torch.Generator | None = None, device=None, dtype=None,
+                 generator: torch.Generator | None = None, group=None, device=None, dtype=None,
                  **params):
         super().__init__()
         self.num_classes = _checks.check_int("num_classes", num_classes)
@@ -84,7 +85,19 @@ class _MarginHead(nn.Module):
         self.centers = self.spec.centers
         self.sample_rate = _sample_rate(sample_rate)
         self.generator = generator
-        self.weight = nn.Parameter(torch.empty(self.num_classes * self.centers, self.embedding_dim,
+        self.group = group
+        #: with ``group``: this shard's classes (global ids) used by the last training step
+        self.sampled_classes = None
+        self.class_start, self.class_end = 0, self.num_classes
+        if group is not None:  # Partial FC across ranks: this rank's class shard
+            rank, world = distributed.rank_and_size(group)
+            if self.num_classes < world:
+                raise _checks.ArgumentError(
+                    f"num_classes ({self.num_classes}) must be at least the group's size ({world}): "
+                    f"every rank holds a shard of at least one class")
+            self.class_start, self.class_end = shard_range(self.num_classes, rank, world)
+        local = self.class_end - self.class_start
+        self.weight = nn.Parameter(torch.empty(local * self.centers, self.embedding_dim,
                                                device=device, dtype=dtype))
         self.reset_parameters()
 
@@ -92,6 +105,14 @@ class _MarginHead(nn.Module):
         nn.init.normal_(self.weight, 0.0, 0.01)
 
     def forward(self, embeddings: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.group is not None:
+            loss, self.sampled_classes = partial_fc_loss(
+                self.spec, embeddings, self.weight, target, group=self.group,
+                num_classes=self.num_classes,
+                sample_rate=self.sample_rate if self.training else 1.0,
+                generator=self.generator, context=f"crossent.{type(self).__name__}(group=...)",
+                **self.loss_kwargs)
+            return loss
         weight = self.weight
         if self.training and self.sample_rate < 1.0:
             ignore = self.loss_kwargs.get("ignore_index", -100)
@@ -103,12 +124,19 @@ class _MarginHead(nn.Module):
         return margin._fused_loss(self.spec, embeddings, weight, target, **self.loss_kwargs)
 
     def logits(self, embeddings: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
-        """``(N, num_classes)`` logits; with ``target``, margin-adjusted on the target class."""
+        """``(N, num_classes)`` logits; with ``target``, margin-adjusted on the target class.
+        With ``group``: this rank's classes ``[class_start, class_end)``, no target."""
+        if self.group is not None and target is not None:
+            raise _checks.ArgumentError(
+                "logits(target=...) is not available with group= (the target class may live "
+                "on another rank); call logits(embeddings) for this shard's plain logits")
         return margin.margin_logits(embeddings, self.weight, target, head=self.head, **self.params)
 
     def extra_repr(self) -> str:
         params = ", ".join(f"{k}={v}" for k, v in self.params.items())
-        return (f"num_classes={self.num_classes}, embedding_dim={self.embedding_dim}"
+        shard = (f", classes [{self.class_start}, {self.class_end}) of the group's"
+                 if self.group is not None else "")
+        return (f"num_classes={self.num_classes}{shard}, embedding_dim={self.embedding_dim}"
                 + (f", {params}" if params else "")
                 + (f", sample_rate={self.sample_rate}" if self.sample_rate < 1 else ""))
 

@@ -120,10 +120,11 @@ class MarginScores:
         k = spec.centers
         self.spec, self.x, self.weight, self.target, self.acc = spec, x, weight, target, acc
         self.num_classes = weight.shape[0] // k
-        active = target.valid
+        # rows whose target class is in this weight (on a class shard, index -1 elsewhere)
+        active = target.valid & (target.index >= 0)
         nx = torch.linalg.vector_norm(x, dim=1, dtype=acc)
         nw = _row_norms(weight, acc)
-        _check_nonzero("embeddings", nx, active)
+        _check_nonzero("embeddings", nx, target.valid)
         _check_nonzero("weight", nw)
         self.nx = torch.where(nx > 0, nx, torch.ones_like(nx))  # an ignored row may be zero
         s = spec.scale
@@ -132,7 +133,8 @@ class MarginScores:
 
         # the target: gathered (N, K, D) rows, cosines, arg-max centre, phi
         n = x.shape[0]
-        rows = target.index.unsqueeze(1) * k + torch.arange(k, device=x.device)
+        self.index = torch.where(active, target.index, torch.zeros_like(target.index))
+        rows = self.index.unsqueeze(1) * k + torch.arange(k, device=x.device)
         wy = weight.index_select(0, rows.reshape(-1)).to(acc).reshape(n, k, -1)
         cos = torch.bmm(wy, x.to(acc).unsqueeze(2)).squeeze(2) / (nw[rows] * self.nx.unsqueeze(1))
         c, self.kstar = cos.clamp(-1.0, 1.0).max(1)
@@ -170,7 +172,7 @@ class MarginScores:
                 g.addcmul_(w, (-_rowdot(w, g) * b * b).unsqueeze(1))
             return
         k = self.spec.centers
-        rows = self.target.index * k + self.kstar
+        rows = self.index * k + self.kstar
         coef = torch.where(self.active, self.delta * self.grad_target, torch.zeros_like(self.delta))
         w = self.weight.index_select(0, rows).to(grad_w.dtype)
         grad_w.index_put_((rows,), coef.unsqueeze(1) * w, accumulate=True)

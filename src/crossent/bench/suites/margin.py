@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 
 DESCRIPTION = "margin softmax heads (ArcFace, CosFace, SphereFace, sub-centre) over many classes"
-IMPLS = ("crossent", "torch")
+# crossent_pfc: Partial FC over ``world_size`` ranks (crossent.partial_fc): rank r holds
+# its slice of the batch and of the classes; "crossent" is one process holding both whole
+IMPLS = ("crossent", "torch", "crossent_pfc")
 BASELINE = "torch"
 FLOOR = None
 
@@ -38,11 +40,29 @@ PRESETS = {
                   cases=["arcface", "cosface", "sphereface", "subcenter"]),
     "judged-cuda": dict(n=512, d=512, c=1_000_000, dtype="float32", device="cuda",
                         cases=["arcface"]),
+    # the judged shape split over Gloo ranks (--set world_size=4 for four)
+    "partial-fc": dict(n=512, d=512, c=1_000_000, world_size=2, dtype="float32", device="cpu",
+                       cases=["arcface"]),
 }
 
 
+def world_size(impl: str, cfg: dict) -> int | None:
+    """``crossent_pfc`` runs on ``world_size`` ranks; the others in one process."""
+    return int(cfg.get("world_size", 2)) if impl == "crossent_pfc" else None
+
+
 def available(impl: str, cfg: dict) -> bool:
+    if impl == "crossent_pfc" and cfg["device"] == "cuda":
+        return torch.cuda.device_count() >= (world_size(impl, cfg) or 1)
     return impl in IMPLS and (cfg["device"] != "cuda" or torch.cuda.is_available())
+
+
+def _rank() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def flops(cfg: dict, case: dict) -> float:
@@ -51,15 +71,23 @@ def flops(cfg: dict, case: dict) -> float:
 
 
 def make_inputs(cfg: dict, case: dict, seed: int = 0):
+    """The batch and the class weights; on ``W`` ranks, this rank's slice of each (made
+    from its own seed: no rank ever holds the whole weight)."""
+    from crossent.partial_fc import shard_range
+
     n, d, c, device = cfg["n"], cfg["d"], cfg["c"], cfg["device"]
     dtype = getattr(torch, cfg["dtype"])
+    rank, world = _rank()
+    rows, classes = shard_range(n, rank, world), shard_range(c, rank, world)
     g = torch.Generator(device="cpu").manual_seed(seed)
-    x = torch.randn(n, d, generator=g).to(device=device, dtype=dtype).requires_grad_()
-    w = torch.empty(c * case.get("centers", 1), d, dtype=dtype)
-    w.normal_(0.0, 0.01, generator=g)  # InsightFace's initialisation
-    w = w.to(device).requires_grad_()
-    y = torch.randint(0, c, (n,), generator=g).to(device)
-    return x, w, y
+    x = torch.randn(n, d, generator=g)[rows[0]:rows[1]]
+    y = torch.randint(0, c, (n,), generator=g)[rows[0]:rows[1]]
+    gw = torch.Generator(device="cpu").manual_seed(seed + 1 + classes[0])
+    k = case.get("centers", 1)
+    w = torch.empty((classes[1] - classes[0]) * k, d, dtype=dtype)
+    w.normal_(0.0, 0.01, generator=gw)  # InsightFace's initialisation
+    return (x.to(device=device, dtype=dtype).requires_grad_(), w.to(device).requires_grad_(),
+            y.to(device))
 
 
 def _plain_target(cos_y: torch.Tensor, case: dict) -> torch.Tensor:
@@ -90,11 +118,21 @@ def step(impl: str, inputs, cfg: dict, case: dict) -> torch.Tensor:
     x, w, y = inputs
     if impl == "torch":
         return plain_loss(x, w, y, case)
-    if impl != "crossent":
-        raise ValueError(f"unknown implementation {impl!r}")
     import crossent as ce
 
     params = {k: v for k, v in case.items() if k not in ("head", "memory_budget")}
+    if impl == "crossent_pfc":
+        import torch.distributed as dist
+
+        from crossent import margin
+        from crossent.partial_fc import partial_fc_loss
+
+        spec = margin.margin_spec(case["head"], **params)
+        loss, _ = partial_fc_loss(spec, x, w, y, group=dist.group.WORLD, num_classes=cfg["c"],
+                                  memory_budget=case.get("memory_budget"))
+        return loss
+    if impl != "crossent":
+        raise ValueError(f"unknown implementation {impl!r}")
     fn = {"arcface": ce.arcface_loss, "cosface": ce.cosface_loss,
           "sphereface": ce.sphereface_loss, "subcenter_arcface": ce.subcenter_arcface_loss}
     return fn[case["head"]](x, w, y, memory_budget=case.get("memory_budget"), **params)

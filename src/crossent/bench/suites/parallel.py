@@ -52,9 +52,12 @@ def flops(cfg: dict, case: dict) -> float:
 
 
 def shard(v: int, world: int, rank: int) -> tuple[int, int]:
-    """``(start, size)`` of rank ``rank``'s classes: ``v // world``, +1 on the first ranks."""
-    base, extra = divmod(v, world)
-    return rank * base + min(rank, extra), base + (rank < extra)
+    """``(start, size)`` of rank ``rank``'s classes: ``v // world``, +1 on the first ranks
+    (:func:`crossent.partial_fc.shard_range`, the split the margin heads use too)."""
+    from crossent.partial_fc import shard_range
+
+    start, end = shard_range(v, rank, world)
+    return start, end - start
 
 
 def make_inputs(cfg: dict, case: dict, seed: int = 0):

@@ -1,0 +1,165 @@
+"""Partial FC across ranks: margin heads with the classes sharded and the batch gathered.
+
+InsightFace's layout (An et al., "Partial FC: Training 10 Million Identities on a Single
+Machine", 2021; "Killing Two Birds with One Stone", 2022): each of the ``W`` ranks of
+``group`` holds its own batch ``x_r`` ``(N_r, D)`` with labels ``y_r`` (the ``N_r`` may
+differ) and its own *class shard*: of ``C`` classes, shard ``r`` holds the contiguous
+classes ``[o_r, o_r + C_r)`` with ``C_r = C // W`` plus one on the first ``C % W`` ranks
+(:func:`shard_range`); the head's weight is that shard, ``(C_r * K, D)``.
+
+One step, on every rank:
+
+1. the ranks agree on the call (embedding size, dtype, ``C``, the head and its margins,
+   options); a disagreement raises the same :class:`~crossent.ArgumentError` everywhere;
+2. embeddings and labels are gathered into the global batch ``X`` ``(N, D)``,
+   ``N = sum_r N_r``, gradients flowing back to their owners;
+3. with ``sample_rate < 1``, the shard keeps ``max(int(sample_rate * C_r), P_r)`` class
+   centres: its ``P_r`` positives of the global batch and random others
+   (:func:`crossent.margin_heads.partial_fc_sample`); the sampled classes of all ranks,
+   in rank order, are the step's classes;
+4. the margin logits ``X W_r^T`` (the target column with its margin) are seen tile by
+   tile on the fused path; per-row statistics of the shards merge exactly across ranks
+   (:func:`crossent.class_parallel.merge_shards`), so the value is the loss of the global
+   batch over all (sampled) classes, the same on every rank.
+
+Gradients. The shard's weight gets exactly its slice of the single-process weight
+gradient (it is not replicated, nothing averages it); classes not sampled get zero.
+Each rank forms its shard's part of ``dL/dX``; the gather's backward (a reduce-scatter)
+sums the parts of each owner's rows, ``dL/dx_r``, and multiplies by ``W``
+(:func:`crossent.distributed.scale_grad`), so that after DDP *averages* the encoder's
+gradients over the ``W`` ranks they equal the single-process global-batch gradients.
+The embeddings' own ``.grad`` is therefore ``W dL/dx_r`` (the data-parallel convention
+of :mod:`crossent.distributed`).
+
+Communication per step and rank: the agreement check (a few hundred bytes), the batch
+sizes, an all-gather of ``N x D`` embeddings and ``N`` labels, one all-gather of
+``4 N`` per-row statistics, with sampling one all-reduce of ``N`` int64 (the labels in
+the sampled class list), and in the backward a reduce-scatter of ``N x D``. Never logits,
+never class weights.
+
+Not supported with ``group``: ``reduction='none'`` (the rows would be the global
+batch's on every rank). Zero-norm class weights raise on their own rank only (a value
+check after the agreement): keep weights non-zero, as the default initialisation does.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _checks
+from . import distributed as D
+from ._core import ScoreTransform
+from ._margins import MarginSpec
+from ._reduction import accumulation_dtype
+from ._targets import ClassIndexTarget
+from .class_parallel import Shards, _LinearSpec, _options, _ParallelLinearCE, agree
+from .kernels.dispatch import resolve_backend
+
+__all__ = ["shard_range", "partial_fc_loss"]
+
+
+def shard_range(num_classes: int, rank: int, world_size: int) -> tuple[int, int]:
+    """``[start, end)`` of rank ``rank``'s classes: ``C // W`` each, one more on the first
+    ``C % W`` ranks, contiguous in rank order."""
+    base, extra = divmod(int(num_classes), int(world_size))
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+def _sample_shard(y: torch.Tensor, valid: torch.Tensor, start: int, end: int, rate: float,
+                  generator):
+    """This shard's sampled classes (global ids, sorted): its positives in ``y`` and
+    random others, ``max(int(rate * C_r), #positives)`` in all."""
+    from .margin_heads import partial_fc_sample
+
+    mine = valid & (y >= start) & (y < end)
+    local = torch.where(mine, y - start, torch.full_like(y, -1))
+    classes, _ = partial_fc_sample(local, end - start, rate, ignore_index=-1, generator=generator)
+    return classes + start
+
+
+def _step_target(y, valid, ignore_index, shards: Shards, classes, start, end, group):
+    """Labels in the step's class list: the sampled classes of every rank in rank order.
+    Each rank knows the position of its own classes; one all-reduce shares them."""
+    mine = valid & (y >= start) & (y < end)  # every such label was sampled (a positive)
+    pos = torch.searchsorted(classes, y)
+    part = torch.where(mine, pos + shards.offset, torch.zeros_like(y))
+    total = D.all_reduce(part, group)  # integers: no autograd, exact
+    return torch.where(valid, total, torch.full_like(y, ignore_index))
+
+
+def partial_fc_loss(spec: MarginSpec, embeddings: torch.Tensor, weight: torch.Tensor,
+                    target: torch.Tensor, *, group, num_classes: int, sample_rate: float = 1.0,
+                    generator: torch.Generator | None = None, reduction: str = "mean",
+                    ignore_index: int = -100, label_smoothing: float = 0.0,
+                    memory_budget=None, token_chunk_size=None, vocab_chunk_size=None,
+                    backend: str = "auto", context: str = "crossent Partial FC"):
+    """``(loss, classes)``: the margin loss ``spec`` of the global batch over the sharded
+    classes (see the module) and this shard's classes used in the step (global ids,
+    sorted; all of the shard without sampling). ``embeddings`` ``(N_r, D)`` and
+    ``target`` ``(N_r,)`` are this rank's batch; ``weight`` ``(C_r * K, D)`` its class
+    shard of ``num_classes`` classes."""
+    from .margin import _check_inputs, margin_plan
+
+    rank, world = D.rank_and_size(group)
+    error, same, local_classes = None, {}, None
+    try:
+        reduction = _checks.check_reduction(reduction)
+        if reduction == "none":
+            raise _checks.ArgumentError(
+                f"{context}: reduction='none' is not supported with group= (the rows would be "
+                f"the global batch's on every rank); use 'mean' or 'sum'")
+        ignore_index = _checks.check_int("ignore_index", ignore_index)
+        label_smoothing = _checks.check_unit_interval("label_smoothing", label_smoothing)
+        local_classes = _check_inputs(embeddings, weight, spec.centers)
+        start, end = shard_range(num_classes, rank, world)
+        if local_classes != end - start:
+            raise _checks.ArgumentError(
+                f"weight holds {local_classes} classes, expected {end - start}: shard {rank} of "
+                f"{num_classes} classes over {world} ranks (num_classes // world_size, plus one "
+                f"on the first num_classes % world_size ranks)")
+        if not isinstance(target, torch.Tensor) or tuple(target.shape) != (embeddings.shape[0],):
+            raise _checks.ArgumentError(
+                f"target must be a tensor of shape [{embeddings.shape[0]}] (one class index per "
+                f"embedding), got {getattr(target, 'shape', type(target).__name__)}")
+        _checks.check_index_target_dtype(target)
+        _checks.check_index_bounds(target, num_classes, ignore_index)
+        same = _options(head=spec.kind, margins=spec.to_args(), embedding_dim=int(weight.shape[1]),
+                        dtype=embeddings.dtype, device_type=embeddings.device.type,
+                        num_classes=int(num_classes), sample_rate=float(sample_rate),
+                        reduction=reduction, ignore_index=ignore_index,
+                        label_smoothing=label_smoothing,
+                        embeddings_grad=bool(embeddings.requires_grad))
+    except D.LOCAL_ERRORS as exc:
+        error = exc
+    agree(context, group, same, local_classes, error)
+
+    sizes = D.gather_sizes(embeddings.shape[0], group)
+    need_x = torch.is_grad_enabled() and embeddings.requires_grad
+    x = D.all_gather(D.scale_grad(embeddings, world) if need_x else embeddings.detach(), group,
+                     sizes=sizes)
+    y = torch.cat(D.gather_uneven(target.long(), group, sizes))
+    valid = y != ignore_index
+    w = weight
+    if sample_rate < 1.0:
+        classes = _sample_shard(y, valid, start, end, sample_rate, generator)
+        rows = (classes.unsqueeze(1) * spec.centers - start * spec.centers
+                + torch.arange(spec.centers, device=classes.device)).reshape(-1)
+        w = weight.index_select(0, rows)
+        shards = Shards(rank, tuple(D.gather_sizes(classes.numel(), group)))
+        y = _step_target(y, valid, ignore_index, shards, classes, start, end, group)
+    else:
+        classes = torch.arange(start, end, device=y.device)
+        shards = Shards(rank, tuple(shard_range(num_classes, r, world)[1]
+                                    - shard_range(num_classes, r, world)[0] for r in range(world)))
+
+    acc = accumulation_dtype(embeddings.dtype)
+    tgt = ClassIndexTarget.build(y, shards.sizes[rank], weight=None, ignore_index=ignore_index,
+                                 label_smoothing=label_smoothing, dtype=acc,
+                                 col_offset=shards.offset, total_classes=shards.total)
+    plan = margin_plan(spec, x, shards.sizes[rank], reduction, need_x, memory_budget,
+                       token_chunk_size, vocab_chunk_size)
+    lspec = _LinearSpec(tgt, ScoreTransform(), 0.0, reduction, "nan", plan.rows, plan.cols,
+                        resolve_backend(backend, x.device), False, group, shards, margin=spec)
+    loss, _, _, _ = _ParallelLinearCE.apply(x, w, None, lspec)
+    return loss, classes
