@@ -109,7 +109,15 @@ class _Softmax:
     def grad_(out: torch.Tensor, z: torch.Tensor, value: torch.Tensor, coef: torch.Tensor) -> None:
         """``out = coef_i * exp(z_ij - value_i)`` (``value`` finite: ``-inf`` rows were
         zeroed, their scores all ``-inf``)."""
-        torch.sub(z, value.unsqueeze(1), out=out).exp_().mul_(coef.unsqueeze(1))
+        _into(out, torch.sub, z, value.unsqueeze(1)).exp_().mul_(coef.unsqueeze(1))
+
+
+def _into(out: torch.Tensor, fn, *args) -> torch.Tensor:
+    """``fn(*args, out=out)``: no temporary in eager mode. Under ``torch.compile`` (which
+    refuses ``out=`` into a non-contiguous tile view) a copy, which inductor plans away."""
+    if torch.compiler.is_compiling():
+        return out.copy_(fn(*args))
+    return fn(*args, out=out)
 
 
 class _Sigmoid:
@@ -136,7 +144,7 @@ class _Sigmoid:
 
     @staticmethod
     def grad_(out: torch.Tensor, z: torch.Tensor, value: torch.Tensor, coef: torch.Tensor) -> None:
-        torch.sigmoid(z, out=out).mul_(coef.unsqueeze(1))
+        _into(out, torch.sigmoid, z).mul_(coef.unsqueeze(1))
 
 
 def aggregate(name: str):
@@ -214,7 +222,7 @@ def _tiles(n: int, m: int, p: TilePlan):
 def _scores_(out: torch.Tensor, ops: Operands, blk: Block, b: torch.Tensor,
              r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
     """``out`` (a tile buffer) = ``z`` for rows ``[r0, r1)`` and columns ``[c0, c1)``."""
-    torch.mm(ops.a_scaled[r0:r1], b[c0:c1].T, out=out)
+    _into(out, torch.mm, ops.a_scaled[r0:r1], b[c0:c1].T)
     if ops.bias is not None:
         out.add_(ops.bias)
     if blk.self_offset is not None:
@@ -331,6 +339,8 @@ class _BlockFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a, b, scale, bias, blk: Block, p: TilePlan, backend: str):
+        same = b is None  # self-similarity: ``b`` is ``a`` (passed once: torch.compile)
+        b = a if same else b
         ops = Operands.build(a, b, scale, bias)
         agg = aggregate(blk.aggregate)
         n, m, acc, dev = a.shape[0], b.shape[0], ops.a.dtype, a.device
@@ -341,7 +351,7 @@ class _BlockFunction(torch.autograd.Function):
         row_value = agg.value(row_state) if blk.rows else empty
         col_value = agg.value(col_state) if blk.cols else empty
         ctx.save_for_backward(a, b, scale, bias, row_value, col_value)
-        ctx.blk, ctx.plan, ctx.backend, ctx.same = blk, p, backend, b is a
+        ctx.blk, ctx.plan, ctx.backend, ctx.same = blk, p, backend, same
         return (row_value, row_state[2] if blk.rows else empty,
                 col_value, col_state[2] if blk.cols else empty)
 
@@ -359,13 +369,16 @@ class _BlockFunction(torch.autograd.Function):
             _acc(g_col_dot, acc) if blk.cols else None,
         )
         grad_a = torch.zeros_like(ops.a) if need_a or need_scale else None
-        grad_b = torch.zeros_like(ops.b) if need_b else None
+        grad_b = torch.zeros_like(ops.b) if need_b or (ctx.same and need_a) else None
         grad_bias = torch.zeros((), dtype=acc, device=a.device) if need_bias else None
         _run_backward(ctx.backend, ops, ops.b, blk, ctx.plan, grads, grad_a, grad_b, grad_bias)
         g_a, g_scale = scale_grads(ops, scale, grad_a, need_a, need_scale)
+        if ctx.same and g_a is not None:  # a entered as both sides
+            g_a = g_a + grad_b
+            grad_b = None
         return (
             g_a.to(a.dtype) if g_a is not None else None,
-            grad_b.to(b.dtype) if grad_b is not None else None,
+            grad_b.to(b.dtype) if grad_b is not None and need_b else None,
             g_scale.to(scale.dtype) if g_scale is not None else None,
             grad_bias.to(bias.dtype) if grad_bias is not None else None,
             None, None, None,
@@ -407,4 +420,5 @@ def similarity_statistics(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor,
     ``scale`` and ``bias`` are 0-d tensors; ``b`` may be ``a`` itself (self-similarity).
     Returned in the accumulation dtype (float32, or float64 for float64 features).
     """
-    return Statistics(*_BlockFunction.apply(a, b, scale, bias, blk, p, backend))
+    return Statistics(*_BlockFunction.apply(a, None if b is a else b, scale, bias, blk, p,
+                                            backend))
