@@ -168,6 +168,20 @@ def test_minus_inf_target_logit_is_inf_like_torch():
     close(g, value_and_grad(F.cross_entropy, x, torch.tensor([1]), reduction="none")[1])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_all_minus_inf_or_nan_row_is_nan_like_torch(dtype):
+    # every dtype's chunk path: float32 works on the caller's rows, half inputs on a float
+    # copy that the softmax overwrites in place
+    inf, nan = math.inf, math.nan
+    x = torch.tensor([[-inf, -inf, -inf], [0.0, nan, 1.0], [0.5, -1.0, 2.0]], dtype=dtype)
+    y = torch.tensor([0, 2, 1])
+    out_c, g_c = value_and_grad(ce.cross_entropy, x, y, reduction="none")
+    out_t, g_t = value_and_grad(F.cross_entropy, x, y, reduction="none")
+    assert torch.isnan(out_c[:2]).all() and torch.isnan(g_c[:2]).all()
+    close(out_c, out_t.float(), atol=2e-2, rtol=2e-2)
+    close(g_c, g_t, atol=2e-2, rtol=2e-2)
+
+
 def test_minus_inf_with_prob_target_finite_where_torch_is():
     # torch returns nan when a zero target meets a -inf logit (0 * -inf); where torch is
     # finite crossent must agree, and it must never be worse than torch

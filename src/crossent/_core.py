@@ -162,14 +162,17 @@ class _SoftmaxStatisticsFunction(torch.autograd.Function):
         dot = torch.empty_like(lse)
         entropy = torch.empty_like(lse) if want_entropy else lse.new_empty(0)
         argmax = torch.empty(num_rows if want_argmax else 0, dtype=torch.int64, device=input.device)
-        scores = _chunk_buffer(rows, acc, not (transform.identity and rows.dtype == acc))
+        copied = not (transform.identity and rows.dtype == acc)
+        scores = _chunk_buffer(rows, acc, copied)
         plain = not (want_entropy or want_argmax)
-        scratch = _chunk_buffer(rows, acc, plain)  # softmax output, for the lse alone
+        # The lse alone: softmax overwrites the float copy of the chunk when there is one
+        # (half inputs, a transform), else it needs a scratch buffer (never the caller's).
+        scratch = _chunk_buffer(rows, acc, plain and not copied)
         for start, end in _chunks(rows):
             z = transform.apply(rows[start:end], acc, out=scores)
             if plain:
-                lse[start:end] = _stats.row_logsumexp(z, scratch[: end - start])
-                dot[start:end] = target.rows(start, end).dot(z)
+                dot[start:end] = target.rows(start, end).dot(z)  # before z is overwritten
+                lse[start:end] = _stats.row_logsumexp(z, z if copied else scratch[: end - start])
                 continue
             stats = _stats.tile_stats(
                 z, target.rows(start, end), entropy=want_entropy, argmax=want_argmax
@@ -209,14 +212,17 @@ class _SoftmaxStatisticsFunction(torch.autograd.Function):
             torch.empty(probs_rows.shape, dtype=probs.dtype, device=probs.device) if need_probs else None
         )
         scores = _chunk_buffer(rows, acc, not (transform.identity and rows.dtype == acc))
-        # Softmax goes straight into the gradient buffer when dtypes allow, else into a
-        # reusable float buffer that is then cast into it.
+        # Softmax goes straight into the gradient buffer when dtypes allow. Else (half
+        # inputs) it is computed in float and cast into it once: in place over the float
+        # copy of the chunk when nothing reads z afterwards (no transform, no probability
+        # gradient), else into one more reusable float buffer.
         direct = need_input and grad_rows.dtype == acc
-        staging = _chunk_buffer(rows, acc, need_input and not direct)
+        in_place = need_input and not direct and transform.identity and not need_probs
+        staging = _chunk_buffer(rows, acc, need_input and not (direct or in_place))
         for start, end in _chunks(rows):
             z = transform.apply(rows[start:end], acc, out=scores)
             if need_input:
-                out = grad_rows[start:end] if direct else staging[: end - start]
+                out = grad_rows[start:end] if direct else z if in_place else staging[: end - start]
                 grad_z = _softmax_into(z, out)
                 grad_z.mul_(grad_lse[start:end].unsqueeze(1))
                 target.rows(start, end).add_scaled_(grad_z, grad_dot[start:end])

@@ -69,7 +69,8 @@ def tile_stats(
 def row_logsumexp(z: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
     """``logsumexp(z, 1)`` of a 2-D float tile through PyTorch's fused softmax kernel.
 
-    ``p = softmax(z)`` is written into ``scratch`` (a buffer of ``z``'s shape); at the
+    ``p = softmax(z)`` is written into ``scratch`` (a buffer of ``z``'s shape, or ``z``
+    itself, which is then overwritten: the kernel reads each element before writing it); at the
     row max ``m`` it holds ``p = e^0 / l = 1 / l``, which is also ``max_c p_c``, so
     ``lse = m + log l = m - log(max_c p_c)``. Two ``amax`` reductions and one softmax
     pass; on CPU about half the time of ``torch.logsumexp`` (which runs max, subtract,

@@ -51,7 +51,8 @@ def kl_div(
     _checks.check_reduction(reduction, _KL_REDUCTIONS)
     _checks.check_floating("input", input)
     _checks.check_floating("target", target)
-    if reduction == "mean":
+    # Dynamo cannot trace warnings.warn (a graph break): compiled code skips the warning.
+    if reduction == "mean" and not torch.compiler.is_compiling():
         warnings.warn(
             "reduction: 'mean' divides the total loss by both the batch size and the support "
             "size. 'batchmean' divides only by the batch size, and aligns with the KL div math "
