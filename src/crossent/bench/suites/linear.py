@@ -25,6 +25,9 @@ CASES: dict[str, dict] = {
     "budget_8mib": {"memory_budget": 8 << 20},
     "budget_16mib": {"memory_budget": 16 << 20},
     "budget_32mib": {"memory_budget": 32 << 20},
+    "budget_64mib": {"memory_budget": 64 << 20},
+    "budget_128mib": {"memory_budget": 128 << 20},
+    "ls_64mib": {"label_smoothing": 0.1, "memory_budget": 64 << 20},
 }
 
 DESCRIPTION = "fused linear cross-entropy: hidden states x output weight, no N x V logits"
