@@ -87,7 +87,7 @@ def test_bench_margin_tiny(tmp_path, capsys):
     assert command.run(args) == 0
     (suite,) = json.loads(out.read_text())["suites"]
     assert {(r["impl"], r["case"]) for r in suite["results"]} == {
-        (i, c) for i in ("crossent", "torch") for c in ("arcface", "subcenter")}
+        (i, c) for i in ("crossent", "torch", "crossent_pfc") for c in ("arcface", "subcenter")}
     assert all("error" not in r and r["median_s"] > 0 for r in suite["results"])
 
 
