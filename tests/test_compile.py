@@ -61,8 +61,11 @@ N, C = 6, 5
 
 @pytest.fixture(autouse=True)
 def _fresh_dynamo():
+    # compile_threads=1: inductor compiles in this process instead of starting a pool of
+    # compile workers (on CI's 2 cores, already shared by two pytest-xdist workers)
     torch._dynamo.reset()
-    yield
+    with torch._inductor.config.patch(compile_threads=1):
+        yield
     torch._dynamo.reset()
 
 
