@@ -11,8 +11,9 @@ where one is given, against a reference written here in plain PyTorch (full logi
 ``F.cross_entropy``) or taken from ``contrastive_reference.py`` (the papers' formulas):
 CPU in float64 (inductor's C++ backend); CUDA in float32 when a GPU is present.
 
-The core family (``cross_entropy`` and friends) is in ``test_compile.py`` /
-``test_compile_inductor.py``.
+The core family (``cross_entropy`` and friends) is in ``test_compile.py``. (This file
+replaces ``test_compile_inductor.py``, whose linear and margin cases it holds, with more
+options and independent references.)
 """
 
 from __future__ import annotations
