@@ -140,6 +140,30 @@ def tile_stats_(
     return RowStats(m, z.sum(1), dot, zexp, best)
 
 
+def softmax_stats_(
+    z: torch.Tensor,
+    target: ClassIndexTarget | ClassProbTarget | None,
+    col_start: int = 0,
+    *,
+    argmax: bool = False,
+) -> RowStats:
+    """:func:`tile_stats_` for a tile of *whole* rows, leaving ``softmax(z)`` in ``z``
+    (not ``exp(z - m)``): no division is left for the caller.
+
+    PyTorch's fused row kernel runs in place (it reads each element before writing it),
+    so after the max the tile is read once and written once, with each row cached in
+    between; ``max`` / ``sub`` / ``exp`` / ``sum`` written out pass over the tile four
+    times. The state is ``(m, l)`` with ``l = 1 / p(argmax)``, since the softmax at the
+    row max is ``e^0 / l`` (as :func:`row_logsumexp`). Finite rows only (a row of
+    ``-inf`` gives NaN here); no entropy.
+    """
+    dot = target.dot(z, col_start) if target is not None else z.new_zeros(z.shape[0])
+    m, best = z.max(1)
+    torch._softmax(z, 1, False, out=z)
+    sumexp = z.gather(1, best.unsqueeze(1)).squeeze(1).reciprocal()
+    return RowStats(m, sumexp, dot, None, best + col_start if argmax else None)
+
+
 def cross_entropy_rows(
     lse: torch.Tensor,
     dot: torch.Tensor,

@@ -141,21 +141,65 @@ class ClassIndexTarget:
             )
         return out
 
-    def add_scaled_(self, grad: torch.Tensor, coef: torch.Tensor, col_start: int = 0) -> None:
-        """``grad += coef[:, None] * t[:, col_start:col_start + k]`` in place."""
+    def add_scaled_(self, grad: torch.Tensor, coef: torch.Tensor, col_start: int = 0,
+                    grad_scale: torch.Tensor | None = None) -> None:
+        """``grad += coef[:, None] * t[:, col_start:col_start + k]`` in place; with
+        ``grad_scale`` (``(n,)``) ``grad = grad_scale[:, None] * grad + coef[:, None] * t``
+        (unweighted label smoothing: one pass over ``grad`` for both)."""
         width = grad.shape[1]
         local, in_tile = self._local(col_start, width)
+        spread = None
+        if self.label_smoothing:
+            spread = (coef * self.valid * (self.label_smoothing / self.num_classes)).to(grad.dtype)
+        if grad_scale is not None:
+            scale = grad_scale.to(grad.dtype).unsqueeze(1)
+            if spread is not None and self.weight is None:
+                torch.addcmul(spread.unsqueeze(1), grad, scale, out=grad)
+                spread = None
+            else:
+                grad.mul_(scale)
         scaled = torch.where(
             in_tile, coef * ((1.0 - self.label_smoothing) * self.target_weight), 0.0
         ).to(grad.dtype)
         grad.scatter_add_(1, local.unsqueeze(1), scaled.unsqueeze(1))
-        if self.label_smoothing:
-            spread = (coef * self.valid * (self.label_smoothing / self.num_classes)).to(grad.dtype)
+        if spread is not None:
             if self.weight is None:
                 grad.add_(spread.unsqueeze(1))
             else:
                 w = self.weight[col_start:col_start + width].to(grad.dtype)
                 grad.addcmul_(spread.unsqueeze(1), w.unsqueeze(0))
+
+    # Products with the whole target matrix (all classes), without forming it: the
+    # fused linear path multiplies t into the matmuls' operands rather than into a tile.
+    def _picked(self, coef: torch.Tensor) -> torch.Tensor:
+        """``coef_i`` times row ``i``'s one-hot weight, ``(1 - eps) w_{y_i}`` (0 when ignored)."""
+        return coef * ((1.0 - self.label_smoothing) * self.target_weight)
+
+    def _spread(self, coef: torch.Tensor) -> torch.Tensor | None:
+        """``coef_i`` times row ``i``'s smoothing share per class weight, ``eps / C``."""
+        if not self.label_smoothing:
+            return None
+        return coef * self.valid * (self.label_smoothing / self.num_classes)
+
+    def rows_mm(self, coef: torch.Tensor, mat: torch.Tensor,
+                class_mix: torch.Tensor | None) -> torch.Tensor:
+        """``(coef[:, None] * t) @ mat`` for ``mat`` ``(C, H)``, one row per class:
+        ``mat``'s target rows, plus with label smoothing ``class_mix = w^T mat`` (the
+        column sums of ``mat`` when unweighted) spread over the row. ``(n, H)``."""
+        out = mat.index_select(0, self.index.clamp(min=0)).mul_(self._picked(coef).to(mat.dtype).unsqueeze(1))
+        spread = self._spread(coef)
+        if spread is not None:
+            out.addr_(spread.to(mat.dtype), class_mix)
+        return out
+
+    def cols_mm_(self, out: torch.Tensor, coef: torch.Tensor, mat: torch.Tensor) -> torch.Tensor | None:
+        """``out += (coef[:, None] * t)^T @ mat`` for ``mat`` ``(n, H)`` and ``out``
+        ``(C, H)``, except for label smoothing's share, which is ``w (x) u`` (every class
+        row at once): ``u`` ``(H,)`` is returned to be added once for many calls (None
+        without smoothing)."""
+        out.index_add_(0, self.index.clamp(min=0), mat * self._picked(coef).to(mat.dtype).unsqueeze(1))
+        spread = self._spread(coef)
+        return None if spread is None else spread.to(mat.dtype) @ mat
 
     def mean_denominator(self) -> torch.Tensor:
         return self.target_weight.sum()
@@ -224,7 +268,11 @@ class ClassProbTarget:
         t = self.tile(col_start, z.shape[1]).to(z.dtype)
         return torch.bmm(t.unsqueeze(1), z.unsqueeze(2)).reshape(-1)
 
-    def add_scaled_(self, grad: torch.Tensor, coef: torch.Tensor, col_start: int = 0) -> None:
+    def add_scaled_(self, grad: torch.Tensor, coef: torch.Tensor, col_start: int = 0,
+                    grad_scale: torch.Tensor | None = None) -> None:
+        """``grad = grad_scale[:, None] * grad + coef[:, None] * t`` (``grad_scale`` None: 1)."""
+        if grad_scale is not None:
+            grad.mul_(grad_scale.to(grad.dtype).unsqueeze(1))
         t = self.tile(col_start, grad.shape[1]).to(grad.dtype)
         grad.addcmul_(coef.to(grad.dtype).unsqueeze(1), t)
 

@@ -120,6 +120,16 @@ def _into(out: torch.Tensor, fn, *args) -> torch.Tensor:
     return fn(*args, out=out)
 
 
+def _tile(buf: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """A contiguous ``shape`` tile at the start of the flat buffer ``buf``. Under
+    ``torch.compile`` a fresh tensor instead (inductor plans the memory): functionalising
+    an in-place op on the transpose of a view of a flat buffer replays the views and fails
+    ("Cannot view a tensor ... as a tensor with shape (k,)")."""
+    if torch.compiler.is_compiling():
+        return buf.new_empty(shape)
+    return buf[: shape[0] * shape[1]].view(shape)
+
+
 class _Sigmoid:
     """Running ``(unused, sum of softplus, dot)`` per row; merge is addition."""
 
@@ -241,7 +251,7 @@ def block_forward(ops: Operands, b: torch.Tensor, blk: Block, p: TilePlan,
         return
     buf = torch.empty(min(p.rows, n) * min(p.cols, m), dtype=ops.a.dtype, device=ops.a.device)
     for r0, r1, c0, c1 in _tiles(n, m, p):
-        z = _scores_(buf[: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0), ops, blk, b, r0, r1, c0, c1)
+        z = _scores_(_tile(buf, (r1 - r0, c1 - c0)), ops, blk, b, r0, r1, c0, c1)
         if row_state is not None:
             agg.accumulate_(row_state[:, r0:r1], z, blk.row_target.rows(r0, r1), blk.col_start + c0)
         if col_state is not None:
@@ -280,8 +290,8 @@ def block_backward(ops: Operands, b: torch.Tensor, blk: Block, p: TilePlan, g: B
     buf2 = torch.empty(size, dtype=ops.a.dtype, device=ops.a.device) if both else None
     for r0, r1, c0, c1 in _tiles(n, m, p):
         shape = (r1 - r0, c1 - c0)
-        out = buf[: shape[0] * shape[1]].view(shape)
-        scratch = buf2[: shape[0] * shape[1]].view(shape) if both else None
+        out = _tile(buf, shape)
+        scratch = _tile(buf2, shape) if both else None
         z = gradient_tile(out, scratch, ops, b, blk, g, r0, r1, c0, c1)
         if grad_a is not None:
             grad_a[r0:r1].addmm_(z, b[c0:c1])
@@ -347,13 +357,18 @@ class _BlockFunction(torch.autograd.Function):
         row_state = agg.init(n, acc, dev) if blk.rows else None
         col_state = agg.init(m, acc, dev) if blk.cols else None
         _run_forward(backend, ops, ops.b, blk, p, row_state, col_state)
-        empty = a.new_empty(0, dtype=acc)
-        row_value = agg.value(row_state) if blk.rows else empty
-        col_value = agg.value(col_state) if blk.cols else empty
+        row_value = agg.value(row_state) if blk.rows else None
+        col_value = agg.value(col_state) if blk.cols else None
+        # Only computed tensors are saved (None for a side without statistics): under
+        # torch.compile a saved placeholder that is not an output of the traced forward
+        # fails ("Placeholder node not found").
         ctx.save_for_backward(a, b, scale, bias, row_value, col_value)
         ctx.blk, ctx.plan, ctx.backend, ctx.same = blk, p, backend, same
-        return (row_value, row_state[2] if blk.rows else empty,
-                col_value, col_state[2] if blk.cols else empty)
+
+        def out(t):
+            return a.new_empty(0, dtype=acc) if t is None else t
+        return (out(row_value), out(row_state[2] if blk.rows else None),
+                out(col_value), out(col_state[2] if blk.cols else None))
 
     @staticmethod
     def backward(ctx, g_row, g_row_dot, g_col, g_col_dot):

@@ -17,7 +17,12 @@ rows per tile (``plan.fused``) one matmul gives the statistics and, in the same 
 the gradient tile; otherwise statistics are merged across tiles
 (:func:`crossent._stats.merge`) and a second pass recomputes each tile against the
 final log-sum-exp. ``dW`` and ``db`` accumulate in float32 in place (``addmm_``);
-``dx`` is formed band by band. Memory beyond the outputs: the tile buffer(s) and, when
+``dx`` is formed band by band. On CPU, whole-row tiles become ``softmax(z)`` in place
+through PyTorch's fused row kernel (:func:`crossent._stats.softmax_stats_`), and with
+class-index targets and no soft-cap the target and the row coefficients go into the
+matmuls' operands rather than into the tile (:class:`_FoldedTarget`): after the logits,
+a band's tile is read once by the max, read and written once by the softmax, then only
+read by the two gradient matmuls. Memory beyond the outputs: the tile buffer(s) and, when
 the vocabulary is tiled, one ``rows x H`` float32 accumulator.
 
 Wijmans et al., "Cut Your Losses in Large-Vocabulary Language Models" (2024) and Hsu et
@@ -177,12 +182,87 @@ class _Sinks:
                 db.add_(g.sum(0))
 
 
+class _FoldedTarget:
+    """A band's gradients with the class-index target multiplied into the matmuls'
+    operands instead of into the tile (whole rows of ``x W^T``, no soft-cap, CPU)::
+
+        G  = diag(a) S + diag(c) T           S = softmax(z),  a = p_coef * scale,  c = -r * scale
+        dx = a * (S W) + (c T) W             dW += S^T (a * x) + (c T)^T x
+        db += S^T a + (c T)^T 1
+
+    After the in-place softmax the tile is only read by the matmuls: no pass scales it
+    or adds the target. ``T``'s products are a gather / ``index_add`` of target rows
+    (:meth:`ClassIndexTarget.rows_mm`, :meth:`~ClassIndexTarget.cols_mm_`) and, with
+    label smoothing, rank-one terms: ``W``'s class mix, and ``w (x) u`` added to ``dW``
+    (``db``) once after every band."""
+
+    def __init__(self, target: ClassIndexTarget):
+        self.weight = target.weight  # (C,) or None
+        self.class_mix: torch.Tensor | None = None
+        self.u_w: torch.Tensor | None = None
+        self.u_b: torch.Tensor | None = None
+
+    @staticmethod
+    def applies(p: LinearProblem, normalized: bool, ops: "_Operands") -> bool:
+        return (normalized and p.transform.softcap is None and ops.mm_dtype == ops.acc
+                and isinstance(p.target, ClassIndexTarget))
+
+    def _mix(self, ops: "_Operands", target: ClassIndexTarget) -> torch.Tensor | None:
+        if not target.label_smoothing:
+            return None
+        if self.class_mix is None:
+            w = ops.weight
+            self.class_mix = w.sum(0) if self.weight is None else self.weight.to(w.dtype) @ w
+        return self.class_mix
+
+    @staticmethod
+    def _add(total: torch.Tensor | None, part: torch.Tensor | None) -> torch.Tensor | None:
+        return part if total is None else total if part is None else total + part
+
+    def band_(self, ops: "_Operands", sinks: "_Sinks", S: torch.Tensor, xb: torch.Tensor,
+              target: ClassIndexTarget, a: torch.Tensor, c: torch.Tensor,
+              grad_x: torch.Tensor | None) -> None:
+        col = a.unsqueeze(1)
+        if grad_x is not None:
+            gx = grad_x if grad_x.dtype == ops.acc else torch.empty(grad_x.shape, dtype=ops.acc,
+                                                                    device=grad_x.device)
+            torch.mm(S, ops.weight, out=gx)
+            gx.mul_(col).add_(target.rows_mm(c, ops.weight, self._mix(ops, target)))
+            if gx is not grad_x:
+                grad_x.copy_(gx)
+        if sinks.grad_w is not None:
+            xs = xb * col
+            if sinks.first_band:
+                torch.mm(S.T, xs, out=sinks.grad_w)
+            else:
+                sinks.grad_w.addmm_(S.T, xs)
+            self.u_w = self._add(self.u_w, target.cols_mm_(sinks.grad_w, c, xb))
+        if sinks.grad_b is not None:
+            if sinks.first_band:
+                torch.mv(S.T, a, out=sinks.grad_b)
+            else:
+                sinks.grad_b.addmv_(S.T, a)
+            ones = torch.ones(xb.shape[0], 1, dtype=ops.acc, device=xb.device)
+            self.u_b = self._add(self.u_b, target.cols_mm_(sinks.grad_b.unsqueeze(1), c, ones))
+
+    def finish_(self, sinks: "_Sinks") -> None:
+        """Label smoothing's rank-one share of ``dW`` and ``db``, for every band at once."""
+        for grad, u in ((sinks.grad_w, self.u_w), (sinks.grad_b, self.u_b)):
+            if grad is None or u is None:
+                continue
+            if grad.dim() == 1:
+                grad, u = grad.unsqueeze(1), u.reshape(1)
+            if self.weight is None:
+                grad.add_(u)
+            else:
+                grad.addr_(self.weight.to(grad.dtype), u)
+
+
 def _gradient_tile_(e: torch.Tensor, u: torch.Tensor | None, p_coef: torch.Tensor,
                     t_coef: torch.Tensor, target, c0: int, transform: ScoreTransform) -> torch.Tensor:
     """``e`` (exponentials, ``p = e * p_coef / r-part``) becomes ``dL/d(xW^T+b)`` in place:
     ``e * p_coef + t_coef * t``, times ``1 - tanh^2`` and the logit scale."""
-    e.mul_(p_coef.unsqueeze(1))
-    target.add_scaled_(e, t_coef, c0)
+    target.add_scaled_(e, t_coef, c0, grad_scale=p_coef)
     if u is not None:
         e.mul_(u.square_().neg_().add_(1.0))
     if transform.logit_scale != 1.0:
@@ -254,6 +334,11 @@ def run(
     else:
         dot = ent = best = None
     keep_tanh = grads and p.transform.softcap is not None
+    # Whole rows of x W^T on CPU: the statistics leave softmax(z) in the tile through
+    # PyTorch's fused in-place row kernel (_stats.softmax_stats_). Elsewhere, with the
+    # entropy, or for another score source, exp(z - m) as the tiles of the two-pass path.
+    normalized = fused and want_stats and p.scores is None and not entropy and dev.type == "cpu"
+    fold = _FoldedTarget(p.target) if grads and _FoldedTarget.applies(p, normalized, ops) else None
     buf = torch.empty(min(plan.rows, n), min(plan.cols, v), dtype=acc, device=dev)
     gx_acc_buf = (
         torch.empty(min(plan.rows, n), p.x.shape[1], dtype=acc, device=dev)
@@ -271,7 +356,10 @@ def run(
             for c0 in range(0, v, plan.cols):
                 tile = buf[: e - s, : min(plan.cols, v - c0)]
                 u = _logits_(ops, band, tile, xb, c0, p.transform, keep_tanh and fused)
-                part = _stats.tile_stats_(tile, tgt, c0, entropy=entropy, argmax=argmax)
+                if normalized:  # the tile becomes softmax(z)
+                    part = _stats.softmax_stats_(tile, tgt, c0, argmax=argmax)
+                else:  # the tile becomes exp(z - m)
+                    part = _stats.tile_stats_(tile, tgt, c0, entropy=entropy, argmax=argmax)
                 stats = part if stats is None else _stats.merge(stats, part)
             band_lse = _stats.logsumexp(stats)
             lse[s:e] = band_lse
@@ -285,10 +373,16 @@ def run(
         band_lse = lse[s:e]
         r = row_scale[s:e].to(acc)
         p_coef = r * (mass[s:e] + 2.0 * p.z_loss * band_lse)
+        if fold is not None:
+            scale = p.transform.logit_scale
+            fold.band_(ops, sinks, buf[: e - s], xb, tgt, p_coef * scale, r * -scale,
+                       None if sinks.grad_x is None else sinks.grad_x[s:e])
+            continue
         if want_stats and fused and band is None:
-            # The tile still holds exp(z - m): softmax is one division away.
+            # The tile holds softmax(z), or exp(z - m): softmax one division away.
             tile = buf[: e - s]
-            g = _gradient_tile_(tile, u, p_coef / stats.sumexp, -r, tgt, 0, p.transform)
+            g = _gradient_tile_(tile, u, p_coef if normalized else p_coef / stats.sumexp, -r,
+                                tgt, 0, p.transform)
             if sinks.grad_x is not None:
                 gx = sinks.grad_x[s:e]
                 if gx.dtype == acc and ops.mm_dtype == acc:
@@ -316,6 +410,8 @@ def run(
             sinks.add_tile(ops, g, xb, c0, gx_acc)
         if gx_acc is not None:
             sinks.grad_x[s:e].copy_(gx_acc)
+    if fold is not None:
+        fold.finish_(sinks)
     if grads and p.scores is not None and sinks.grad_w is not None:
         p.scores.finish_w_(sinks.grad_w)
     return LinearResult(
