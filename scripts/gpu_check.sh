@@ -23,11 +23,11 @@ run() {  # run SECONDS NAME CMD...: one step, never past SECONDS; its log in $OU
 }
 STEPS=${STEPS:-tests bench}
 bench="python3 -m crossent.cli bench --rounds 1 --warmup 2 --reps 6"
-compiled="tests/test_compile_inductor.py::test_inductor_fullgraph_cuda"
+compiled="tests/test_compile_fused.py::test_inductor_fullgraph_cuda"
 for step in $STEPS; do case $step in
   tests) TAIL=25 run 140 tests python3 -m pytest -q -p no:cacheprovider --timeout 120 \
            tests/test_gpu.py tests/test_contrastive_triton.py tests/test_linear_triton.py \
-           "$compiled[cross_entropy_options]" "$compiled[linear_cross_entropy_none]" \
+           "$compiled[linear_options]" "$compiled[linear_none]" \
            "$compiled[arcface_loss]" ${EXTRA_TESTS:-} ;;
   bench)
     TAIL=30 run 100 bench_linear $bench linear --preset llama3-8b --cases default \

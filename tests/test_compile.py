@@ -10,7 +10,7 @@ elsewhere (tests/test_conformance_opinfo.py); the point here is that compilation
 breaks the graph nor changes the numbers. float64 and small shapes: inductor's CPU code
 generation (a C++ compile per graph) dominates the time, so each compiled function is used
 for as many checks as it can. ``linear_cross_entropy`` and the margin losses:
-tests/test_compile_inductor.py.
+tests/test_compile_fused.py.
 """
 
 from __future__ import annotations
