@@ -20,6 +20,13 @@ positives when they are more), and remaps the labels to the sampled, sorted clas
 the weight's gradient is zero outside the sampled rows. The sampled rows are gathered
 (``sample_rate * C x D`` and its gradient), the logits stay fused. ``generator`` makes the
 sampling reproducible. In ``eval()`` mode every class is used.
+
+**Across ranks** (every head here): ``group=`` builds only this rank's class shard
+(:func:`crossent.partial_fc.shard_range`) and runs :func:`crossent.partial_fc.partial_fc_loss`
+(the global batch gathered, ``sample_rate`` per shard); options ``reduction`` ('mean',
+'sum'), ``ignore_index``, ``label_smoothing``. Keep the head out of DDP (its weight is a
+shard, not a replica); ``load_global_weight`` / ``global_weight`` convert from and to a
+full weight.
 """
 
 from __future__ import annotations
@@ -122,6 +129,27 @@ class _MarginHead(nn.Module):
                     + torch.arange(self.centers, device=classes.device)).reshape(-1)
             weight = weight.index_select(0, rows)
         return margin._fused_loss(self.spec, embeddings, weight, target, **self.loss_kwargs)
+
+    def load_global_weight(self, weight: torch.Tensor) -> None:
+        """Copy this head's rows of a full ``(num_classes * centers, embedding_dim)`` weight
+        (e.g. from a single-process checkpoint) into ``self.weight``; without ``group``, all
+        of it. ``weight`` is not modified."""
+        full = (self.num_classes * self.centers, self.embedding_dim)
+        if not isinstance(weight, torch.Tensor) or tuple(weight.shape) != full:
+            raise _checks.ArgumentError(
+                f"weight must be the full weight of shape {list(full)} (num_classes * centers, "
+                f"embedding_dim), got {getattr(weight, 'shape', type(weight).__name__)}")
+        rows = slice(self.class_start * self.centers, self.class_end * self.centers)
+        with torch.no_grad():
+            self.weight.copy_(weight[rows])
+
+    def global_weight(self) -> torch.Tensor:
+        """The full ``(num_classes * centers, embedding_dim)`` weight, detached: with
+        ``group``, every rank's shard gathered in rank order (a collective: every rank
+        calls it; it holds all ``num_classes`` rows on every rank)."""
+        if self.group is None:
+            return self.weight.detach().clone()
+        return torch.cat(distributed.gather_uneven(self.weight.detach(), self.group))
 
     def logits(self, embeddings: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         """``(N, num_classes)`` logits; with ``target``, margin-adjusted on the target class.
