@@ -43,7 +43,10 @@ CASES = [
      dict(ignore_index=-1, label_smoothing=0.2, reduction="sum")),
     ("SubCenterArcFace", dict(centers=2, scale=16.0, margin=0.5, sample_rate=0.4),
      dict(ignore_index=-1)),
+    # int(0.1 * C_r) = 0 and every label on the first shard: the others keep one class each
+    ("CosFace", dict(scale=16.0, margin=0.35, sample_rate=0.1), {}),
 ]
+FIRST_SHARD_LABELS = {len(CASES) - 1}
 REF_HEAD = {"ArcFace": "arcface", "CosFace": "cosface", "SphereFace": "sphereface",
             "LargeMarginSoftmax": "lsoftmax", "CombinedMargin": "combined",
             "SubCenterArcFace": "subcenter_arcface"}
@@ -58,7 +61,7 @@ def _data(n, world, case_id):
     k = params.get("centers", 1)
     x = torch.randn(n, D, generator=g, dtype=F64)
     w = torch.randn(c * k, D, generator=g, dtype=F64)
-    y = torch.randint(0, c, (n,), generator=g)
+    y = torch.randint(0, 2 if case_id in FIRST_SHARD_LABELS else c, (n,), generator=g)
     if "ignore_index" in opts:
         y[1] = y[-1] = opts["ignore_index"]
     return x, w, y
@@ -127,6 +130,7 @@ def _check_against_oracle(world, batches, case_ids, results):
             assert torch.equal(classes, torch.arange(CLASSES[world]))
         else:
             assert classes.numel() < CLASSES[world]
+            assert all(r["classes"].numel() >= 1 for r in per_rank), "every shard takes part"
         loss, gx, gw = _oracle(x, w, y, case_id, classes)
         for rank, r in enumerate(per_rank):
             where = f"{head_name} case {case_id}, rank {rank} of {world}, batches {batches}"

@@ -16,7 +16,7 @@ Weight initialisation follows each method's reference code:
 **Partial FC** (An et al., "Partial FC: Training 10 Million Identities on a Single
 Machine", 2021): with ``sample_rate < 1`` each training step uses the positive classes
 of the batch plus random negatives, ``int(sample_rate * C)`` classes in all (only the
-positives when they are more), and remaps the labels to the sampled, sorted class list;
+positives when they are more; at least one), and remaps the labels to the sampled, sorted class list;
 the weight's gradient is zero outside the sampled rows. The sampled rows are gathered
 (``sample_rate * C x D`` and its gradient), the logits stay fused. ``generator`` makes the
 sampling reproducible. In ``eval()`` mode every class is used.
@@ -53,12 +53,13 @@ def _sample_rate(value) -> float:
 def partial_fc_sample(target: torch.Tensor, num_classes: int, sample_rate: float, *,
                       ignore_index: int = -100, generator: torch.Generator | None = None):
     """``(classes, remapped_target)``: the sorted sampled class indices ``(S,)`` (every
-    positive of ``target`` kept, ``S = max(int(sample_rate * num_classes), #positives)``)
+    positive of ``target`` kept, ``S = max(int(sample_rate * num_classes), 1, #positives)``:
+    at least one class, so that a small class shard without positives still takes part)
     and ``target`` re-indexed into them (``ignore_index`` rows unchanged)."""
     rate = _sample_rate(sample_rate)
     valid = target != ignore_index
     positives = torch.unique(target[valid])
-    num_sample = int(rate * num_classes)
+    num_sample = max(int(rate * num_classes), 1)
     if num_sample > positives.numel():
         score = torch.rand(num_classes, generator=generator, device="cpu").to(target.device)
         score[positives] = 2.0  # positives first

@@ -13,7 +13,7 @@ One step, on every rank:
    options); a disagreement raises the same :class:`~crossent.ArgumentError` everywhere;
 2. embeddings and labels are gathered into the global batch ``X`` ``(N, D)``,
    ``N = sum_r N_r``, gradients flowing back to their owners;
-3. with ``sample_rate < 1``, the shard keeps ``max(int(sample_rate * C_r), P_r)`` class
+3. with ``sample_rate < 1``, the shard keeps ``max(int(sample_rate * C_r), 1, P_r)`` class
    centres: its ``P_r`` positives of the global batch and random others
    (:func:`crossent.margin_heads.partial_fc_sample`); the sampled classes of all ranks,
    in rank order, are the step's classes;
@@ -85,7 +85,8 @@ def shard_rows(num_classes: int, rank: int, world_size: int, centers: int = 1) -
 def _sample_shard(y: torch.Tensor, valid: torch.Tensor, start: int, end: int, rate: float,
                   generator):
     """This shard's sampled classes (global ids, sorted): its positives in ``y`` and
-    random others, ``max(int(rate * C_r), #positives)`` in all."""
+    random others, ``max(int(rate * C_r), 1, #positives)`` in all (never none: every
+    shard takes part in the merge)."""
     from .margin_heads import partial_fc_sample
 
     mine = valid & (y >= start) & (y < end)
