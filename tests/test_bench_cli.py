@@ -83,12 +83,27 @@ def test_suites_follow_the_contract(name):
 def test_bench_margin_tiny(tmp_path, capsys):
     out = tmp_path / "m.json"
     args = _parse(["margin", "--set", "n=8", "d=4", "c=30", "--reps", "1", "--warmup", "0",
-                   "--cases", "arcface", "subcenter", "--json", str(out)])
+                   "--cases", "arcface", "subcenter", "--impls", "crossent", "torch",
+                   "--json", str(out)])
     assert command.run(args) == 0
     (suite,) = json.loads(out.read_text())["suites"]
     assert {(r["impl"], r["case"]) for r in suite["results"]} == {
-        (i, c) for i in ("crossent", "torch", "crossent_pfc") for c in ("arcface", "subcenter")}
+        (i, c) for i in ("crossent", "torch") for c in ("arcface", "subcenter")}
     assert all("error" not in r and r["median_s"] > 0 for r in suite["results"])
+
+
+def test_bench_margin_partial_fc_on_two_ranks(capsys):
+    """crossent_pfc (Partial FC with sampling) runs on the ranks the worker spawns."""
+    from crossent.bench.worker import main as worker_main
+
+    cfg = {"n": 8, "d": 4, "c": 40, "world_size": 2, "dtype": "float32", "device": "cpu"}
+    assert worker_main(["--suite", "margin", "--impl", "crossent_pfc", "--case",
+                        "arcface_sampled", "--config", json.dumps(cfg), "--reps", "1",
+                        "--warmup", "0"]) == 0
+    rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rec["world_size"] == 2 and [r["rank"] for r in rec["ranks"]] == [0, 1]
+    # per step at least: the embeddings' all-gather and its reduce-scatter, 4 x 4 floats each
+    assert rec["bytes_sent_per_step"] >= 2 * 4 * 4 * 4
 
 
 def test_bench_margin_implementations_agree():

@@ -337,6 +337,8 @@ def _mismatch_job(rank, world_size, scenario):
             if last:
                 yy[4] = IGNORE
             ce.linear_cross_entropy(x, w, yy, group=group)
+        elif scenario == "lin_tile_budget":  # a local option checked before any collective
+            ce.linear_cross_entropy(x, w, y, memory_budget=-5 if last else None, group=group)
         elif scenario == "ok_after_errors":
             loss = ce.linear_cross_entropy(x, w, y, group=group)
             return ("ok", float(loss), time.perf_counter() - start)
@@ -357,6 +359,7 @@ MISMATCHES = {
     "lin_hidden": ("ArgumentError", "hidden (rank 0: 5"),
     "lin_input_grad": ("ArgumentError", "input_grad (rank 0: True"),
     "lin_targets": ("ArgumentError", "1 of 9 elements differ (first at flat index 4"),
+    "lin_tile_budget": ("ArgumentError", "memory_budget must be a positive int or None, got -5"),
 }
 
 

@@ -281,6 +281,7 @@ class _LinearSpec:
     group: object
     shards: Shards
     margin: object = None  # a crossent._margins.MarginSpec: margin-head scores (Partial FC)
+    weight_norms: torch.Tensor | None = None  # the margin head's class norms, if checked already
 
 
 class _ParallelLinearCE(torch.autograd.Function):
@@ -293,7 +294,7 @@ class _ParallelLinearCE(torch.autograd.Function):
         target = spec.target
         scores = None
         if spec.margin is not None:  # per class and per row only: shards compose (see there)
-            scores = margin_scores.MarginScores(spec.margin, x, weight, target)
+            scores = margin_scores.MarginScores(spec.margin, x, weight, target, spec.weight_norms)
         problem = LinearProblem(x, weight, bias, target, spec.transform, spec.z_loss, scores)
         local = backend.run(problem, plan, entropy=spec.return_stats, argmax=spec.return_stats)
         extra = {}
@@ -382,6 +383,10 @@ def parallel_linear_cross_entropy(input, linear_weight, target, *, linear_bias=N
             logit_scale=a.logit_scale, return_stats=bool(return_stats), all_ignored=all_ignored,
             weight=weight is not None, bias=linear_bias is not None, input_grad=a.need_x,
         )
+        # tile options are checked here, before any collective (they may differ by rank)
+        plan = _plan(a, linear_weight.shape[0], return_stats, memory_budget, token_chunk_size,
+                     vocab_chunk_size, recompute=a.reduction == "none",
+                     weighted=weight is not None)
     except D.LOCAL_ERRORS as exc:
         error = exc
     shards = agree(context, group, same, linear_weight.shape[0] if a else None, error)
@@ -394,8 +399,6 @@ def parallel_linear_cross_entropy(input, linear_weight, target, *, linear_bias=N
         tgt = shard_index_target(context, a.index, shards, group, weight=weight,
                                  ignore_index=a.ignore_index,
                                  label_smoothing=a.label_smoothing, dtype=acc)
-    plan = _plan(a, linear_weight.shape[0], return_stats, memory_budget, token_chunk_size,
-                 vocab_chunk_size, recompute=a.reduction == "none", weighted=weight is not None)
     spec = _LinearSpec(tgt, ScoreTransform(a.logit_scale, a.softcap), a.z_loss, a.reduction,
                        all_ignored, plan.rows, plan.cols, a.backend, bool(return_stats), group,
                        shards)

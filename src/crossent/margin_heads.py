@@ -16,10 +16,17 @@ Weight initialisation follows each method's reference code:
 **Partial FC** (An et al., "Partial FC: Training 10 Million Identities on a Single
 Machine", 2021): with ``sample_rate < 1`` each training step uses the positive classes
 of the batch plus random negatives, ``int(sample_rate * C)`` classes in all (only the
-positives when they are more), and remaps the labels to the sampled, sorted class list;
+positives when they are more; at least one), and remaps the labels to the sampled, sorted class list;
 the weight's gradient is zero outside the sampled rows. The sampled rows are gathered
 (``sample_rate * C x D`` and its gradient), the logits stay fused. ``generator`` makes the
 sampling reproducible. In ``eval()`` mode every class is used.
+
+**Across ranks** (every head here): ``group=`` builds only this rank's class shard
+(:func:`crossent.partial_fc.shard_range`) and runs :func:`crossent.partial_fc.partial_fc_loss`
+(the global batch gathered, ``sample_rate`` per shard); options ``reduction`` ('mean',
+'sum'), ``ignore_index``, ``label_smoothing``. Keep the head out of DDP (its weight is a
+shard, not a replica); ``load_global_weight`` / ``global_weight`` convert from and to a
+full weight.
 """
 
 from __future__ import annotations
@@ -46,12 +53,13 @@ def _sample_rate(value) -> float:
 def partial_fc_sample(target: torch.Tensor, num_classes: int, sample_rate: float, *,
                       ignore_index: int = -100, generator: torch.Generator | None = None):
     """``(classes, remapped_target)``: the sorted sampled class indices ``(S,)`` (every
-    positive of ``target`` kept, ``S = max(int(sample_rate * num_classes), #positives)``)
+    positive of ``target`` kept, ``S = max(int(sample_rate * num_classes), 1, #positives)``:
+    at least one class, so that a small class shard without positives still takes part)
     and ``target`` re-indexed into them (``ignore_index`` rows unchanged)."""
     rate = _sample_rate(sample_rate)
     valid = target != ignore_index
     positives = torch.unique(target[valid])
-    num_sample = int(rate * num_classes)
+    num_sample = max(int(rate * num_classes), 1)
     if num_sample > positives.numel():
         score = torch.rand(num_classes, generator=generator, device="cpu").to(target.device)
         score[positives] = 2.0  # positives first
@@ -122,6 +130,27 @@ class _MarginHead(nn.Module):
                     + torch.arange(self.centers, device=classes.device)).reshape(-1)
             weight = weight.index_select(0, rows)
         return margin._fused_loss(self.spec, embeddings, weight, target, **self.loss_kwargs)
+
+    def load_global_weight(self, weight: torch.Tensor) -> None:
+        """Copy this head's rows of a full ``(num_classes * centers, embedding_dim)`` weight
+        (e.g. from a single-process checkpoint) into ``self.weight``; without ``group``, all
+        of it. ``weight`` is not modified."""
+        full = (self.num_classes * self.centers, self.embedding_dim)
+        if not isinstance(weight, torch.Tensor) or tuple(weight.shape) != full:
+            raise _checks.ArgumentError(
+                f"weight must be the full weight of shape {list(full)} (num_classes * centers, "
+                f"embedding_dim), got {getattr(weight, 'shape', type(weight).__name__)}")
+        rows = slice(self.class_start * self.centers, self.class_end * self.centers)
+        with torch.no_grad():
+            self.weight.copy_(weight[rows])
+
+    def global_weight(self) -> torch.Tensor:
+        """The full ``(num_classes * centers, embedding_dim)`` weight, detached: with
+        ``group``, every rank's shard gathered in rank order (a collective: every rank
+        calls it; it holds all ``num_classes`` rows on every rank)."""
+        if self.group is None:
+            return self.weight.detach().clone()
+        return torch.cat(distributed.gather_uneven(self.weight.detach(), self.group))
 
     def logits(self, embeddings: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         """``(N, num_classes)`` logits; with ``target``, margin-adjusted on the target class.

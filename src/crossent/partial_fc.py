@@ -13,7 +13,7 @@ One step, on every rank:
    options); a disagreement raises the same :class:`~crossent.ArgumentError` everywhere;
 2. embeddings and labels are gathered into the global batch ``X`` ``(N, D)``,
    ``N = sum_r N_r``, gradients flowing back to their owners;
-3. with ``sample_rate < 1``, the shard keeps ``max(int(sample_rate * C_r), P_r)`` class
+3. with ``sample_rate < 1``, the shard keeps ``max(int(sample_rate * C_r), 1, P_r)`` class
    centres: its ``P_r`` positives of the global batch and random others
    (:func:`crossent.margin_heads.partial_fc_sample`); the sampled classes of all ranks,
    in rank order, are the step's classes;
@@ -33,13 +33,20 @@ of :mod:`crossent.distributed`).
 
 Communication per step and rank: the agreement check (a few hundred bytes), the batch
 sizes, an all-gather of ``N x D`` embeddings and ``N`` labels, one all-gather of
-``4 N`` per-row statistics, with sampling one all-reduce of ``N`` int64 (the labels in
-the sampled class list), and in the backward a reduce-scatter of ``N x D``. Never logits,
-never class weights.
+``4 N`` per-row statistics, with sampling one all-reduce of ``N + W`` int64 (the labels
+in the sampled class list, and each rank's verdict on its sampled weights' norms), and in
+the backward a reduce-scatter of ``N x D``. Never logits, never class weights.
 
-Not supported with ``group``: ``reduction='none'`` (the rows would be the global
-batch's on every rank). Zero-norm class weights raise on their own rank only (a value
-check after the agreement): keep weights non-zero, as the default initialisation does.
+Errors never hang: every argument (tile options and backend included) is checked before
+the first collective and reported on every rank by the agreement check; a class weight
+with a zero or non-finite norm is found before the agreement (without sampling, from the
+norms the fused path needs anyway) or, with sampling, among the sampled rows and shared
+through the label all-reduce. Not supported with ``group``: ``reduction='none'`` (the
+rows would be the global batch's on every rank).
+
+Weights. ``shard_rows(C, r, W, K)`` are the rows of a full ``(C K, D)`` weight that rank
+``r`` holds; the head modules' ``load_global_weight`` / ``global_weight`` copy a full
+weight in and gather it out (for checkpoints written by one process, or evaluation).
 """
 
 from __future__ import annotations
@@ -53,9 +60,10 @@ from ._margins import MarginSpec
 from ._reduction import accumulation_dtype
 from ._targets import ClassIndexTarget
 from .class_parallel import Shards, _LinearSpec, _options, _ParallelLinearCE, agree
+from .kernels import margin_scores
 from .kernels.dispatch import resolve_backend
 
-__all__ = ["shard_range", "partial_fc_loss"]
+__all__ = ["shard_range", "shard_rows", "partial_fc_loss"]
 
 
 def shard_range(num_classes: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -66,10 +74,19 @@ def shard_range(num_classes: int, rank: int, world_size: int) -> tuple[int, int]
     return start, start + base + (1 if rank < extra else 0)
 
 
+def shard_rows(num_classes: int, rank: int, world_size: int, centers: int = 1) -> slice:
+    """The rows of a full ``(num_classes * centers, D)`` weight that shard ``rank`` holds
+    (``full[shard_rows(...)]`` is its ``head.weight``; class ``c``'s centres are rows
+    ``c * centers ... c * centers + centers - 1``)."""
+    start, end = shard_range(num_classes, rank, world_size)
+    return slice(start * centers, end * centers)
+
+
 def _sample_shard(y: torch.Tensor, valid: torch.Tensor, start: int, end: int, rate: float,
                   generator):
     """This shard's sampled classes (global ids, sorted): its positives in ``y`` and
-    random others, ``max(int(rate * C_r), #positives)`` in all."""
+    random others, ``max(int(rate * C_r), 1, #positives)`` in all (never none: every
+    shard takes part in the merge)."""
     from .margin_heads import partial_fc_sample
 
     mine = valid & (y >= start) & (y < end)
@@ -78,14 +95,26 @@ def _sample_shard(y: torch.Tensor, valid: torch.Tensor, start: int, end: int, ra
     return classes + start
 
 
-def _step_target(y, valid, ignore_index, shards: Shards, classes, start, end, group):
+def _step_target(y, valid, ignore_index, shards: Shards, classes, start, end, group,
+                 bad_class: int, context: str):
     """Labels in the step's class list: the sampled classes of every rank in rank order.
-    Each rank knows the position of its own classes; one all-reduce shares them."""
+    Each rank knows the position of its own classes; one all-reduce shares them, and with
+    them each rank's first sampled class whose weight has a zero or non-finite norm
+    (``bad_class``, -1 if none), so that such a weight raises on every rank."""
+    rank, world = shards.rank, len(shards.sizes)
     mine = valid & (y >= start) & (y < end)  # every such label was sampled (a positive)
     pos = torch.searchsorted(classes, y)
     part = torch.where(mine, pos + shards.offset, torch.zeros_like(y))
-    total = D.all_reduce(part, group)  # integers: no autograd, exact
-    return torch.where(valid, total, torch.full_like(y, ignore_index))
+    flags = torch.zeros(world, dtype=part.dtype, device=part.device)
+    flags[rank] = bad_class + 1
+    total = D.all_reduce(torch.cat([part, flags]), group)  # integers: no autograd, exact
+    bad = total[part.numel():].tolist()
+    if any(bad):
+        where = ", ".join(f"rank {r}: class {b - 1}" for r, b in enumerate(bad) if b)
+        raise _checks.ArgumentError(
+            f"{context}: sampled class weights with a zero or non-finite norm ({where}); a "
+            f"margin head needs a finite, non-zero norm for every class it uses")
+    return torch.where(valid, total[:part.numel()], torch.full_like(y, ignore_index))
 
 
 def partial_fc_loss(spec: MarginSpec, embeddings: torch.Tensor, weight: torch.Tensor,
@@ -98,11 +127,18 @@ def partial_fc_loss(spec: MarginSpec, embeddings: torch.Tensor, weight: torch.Te
     classes (see the module) and this shard's classes used in the step (global ids,
     sorted; all of the shard without sampling). ``embeddings`` ``(N_r, D)`` and
     ``target`` ``(N_r,)`` are this rank's batch; ``weight`` ``(C_r * K, D)`` its class
-    shard of ``num_classes`` classes."""
+    shard of ``num_classes`` classes.
+
+    Every argument is checked before the first collective, and the class weights' norms
+    with them (all of the shard without sampling; with sampling, the sampled rows, their
+    verdict travelling with the label all-reduce): whatever one rank finds wrong raises
+    on every rank."""
     from .margin import _check_inputs, margin_plan
 
     rank, world = D.rank_and_size(group)
-    error, same, local_classes = None, {}, None
+    k = spec.centers
+    sampling = sample_rate < 1.0
+    error, same, local_classes, norms = None, {}, None, None
     try:
         reduction = _checks.check_reduction(reduction)
         if reduction == "none":
@@ -111,7 +147,7 @@ def partial_fc_loss(spec: MarginSpec, embeddings: torch.Tensor, weight: torch.Te
                 f"the global batch's on every rank); use 'mean' or 'sum'")
         ignore_index = _checks.check_int("ignore_index", ignore_index)
         label_smoothing = _checks.check_unit_interval("label_smoothing", label_smoothing)
-        local_classes = _check_inputs(embeddings, weight, spec.centers)
+        local_classes = _check_inputs(embeddings, weight, k)
         start, end = shard_range(num_classes, rank, world)
         if local_classes != end - start:
             raise _checks.ArgumentError(
@@ -124,6 +160,20 @@ def partial_fc_loss(spec: MarginSpec, embeddings: torch.Tensor, weight: torch.Te
                 f"embedding), got {getattr(target, 'shape', type(target).__name__)}")
         _checks.check_index_target_dtype(target)
         _checks.check_index_bounds(target, num_classes, ignore_index)
+        backend = resolve_backend(backend, embeddings.device)
+        margin_plan(spec, embeddings, local_classes, reduction, False, memory_budget,
+                    token_chunk_size, vocab_chunk_size)  # checks the tile options
+        if sampling and generator is not None and generator.device.type != "cpu":
+            raise _checks.ArgumentError(
+                f"generator must be a CPU torch.Generator (the sampling draws on the CPU), got "
+                f"one on {generator.device}")
+        if not sampling:  # every row is used: check them now (MarginScores reuses the norms)
+            norms, bad = margin_scores.weight_norms(weight)
+            if bad >= 0:
+                raise _checks.ArgumentError(
+                    f"the class weight of class {start + bad // k} (row {bad} of this rank's "
+                    f"weight) has norm {float(norms[bad])}: a margin head needs a finite, "
+                    f"non-zero norm for every class it uses")
         same = _options(head=spec.kind, margins=spec.to_args(), embedding_dim=int(weight.shape[1]),
                         dtype=embeddings.dtype, device_type=embeddings.device.type,
                         num_classes=int(num_classes), sample_rate=float(sample_rate),
@@ -141,17 +191,19 @@ def partial_fc_loss(spec: MarginSpec, embeddings: torch.Tensor, weight: torch.Te
     y = torch.cat(D.gather_uneven(target.long(), group, sizes))
     valid = y != ignore_index
     w = weight
-    if sample_rate < 1.0:
+    if sampling:
         classes = _sample_shard(y, valid, start, end, sample_rate, generator)
-        rows = (classes.unsqueeze(1) * spec.centers - start * spec.centers
-                + torch.arange(spec.centers, device=classes.device)).reshape(-1)
+        rows = (classes.unsqueeze(1) * k - start * k
+                + torch.arange(k, device=classes.device)).reshape(-1)
         w = weight.index_select(0, rows)
+        norms, bad = margin_scores.weight_norms(w)
         shards = Shards(rank, tuple(D.gather_sizes(classes.numel(), group)))
-        y = _step_target(y, valid, ignore_index, shards, classes, start, end, group)
+        y = _step_target(y, valid, ignore_index, shards, classes, start, end, group,
+                         int(classes[bad // k]) if bad >= 0 else -1, context)
     else:
         classes = torch.arange(start, end, device=y.device)
-        shards = Shards(rank, tuple(shard_range(num_classes, r, world)[1]
-                                    - shard_range(num_classes, r, world)[0] for r in range(world)))
+        shards = Shards(rank, tuple(hi - lo for lo, hi in
+                                    (shard_range(num_classes, r, world) for r in range(world))))
 
     acc = accumulation_dtype(embeddings.dtype)
     tgt = ClassIndexTarget.build(y, shards.sizes[rank], weight=None, ignore_index=ignore_index,
@@ -160,6 +212,6 @@ def partial_fc_loss(spec: MarginSpec, embeddings: torch.Tensor, weight: torch.Te
     plan = margin_plan(spec, x, shards.sizes[rank], reduction, need_x, memory_budget,
                        token_chunk_size, vocab_chunk_size)
     lspec = _LinearSpec(tgt, ScoreTransform(), 0.0, reduction, "nan", plan.rows, plan.cols,
-                        resolve_backend(backend, x.device), False, group, shards, margin=spec)
+                        backend, False, group, shards, margin=spec, weight_norms=norms)
     loss, _, _, _ = _ParallelLinearCE.apply(x, w, None, lspec)
     return loss, classes

@@ -76,6 +76,7 @@ def extra_tile_buffers(centers: int) -> int:
 
 def _row_norms(w: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
     """``||w_r||`` for each row, in ``acc``; half inputs are upcast chunk by chunk."""
+    w = w.detach()
     if w.dtype == acc:
         return torch.linalg.vector_norm(w, dim=1)
     out = torch.empty(w.shape[0], dtype=acc, device=w.device)
@@ -87,6 +88,17 @@ def _row_norms(w: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
 def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``sum_d a_rd b_rd`` as a batched product (no ``a * b`` temporary)."""
     return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).reshape(-1)
+
+
+def weight_norms(weight: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``(norms, first)``: the class weights' row norms in the accumulation dtype (as
+    :class:`MarginScores` needs them) and the first row whose norm is zero or not finite
+    (``-1`` if none; a host synchronisation). For callers that must report such a row
+    before a collective (Partial FC) instead of failing inside it."""
+    acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    norms = _row_norms(weight, acc)
+    bad = ~(norms > 0) | ~torch.isfinite(norms)
+    return norms, (int(bad.nonzero()[0, 0]) if bool(bad.any()) else -1)
 
 
 def _check_nonzero(name: str, norms: torch.Tensor, where: torch.Tensor | None = None) -> None:
@@ -115,7 +127,7 @@ class MarginScores:
     hooks :mod:`crossent.kernels.torch_chunked` calls (see the module docstring)."""
 
     def __init__(self, spec: MarginSpec, x: torch.Tensor, weight: torch.Tensor,
-                 target: ClassIndexTarget):
+                 target: ClassIndexTarget, weight_norms: torch.Tensor | None = None):
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         k = spec.centers
         self.spec, self.x, self.weight, self.target, self.acc = spec, x, weight, target, acc
@@ -123,7 +135,7 @@ class MarginScores:
         # rows whose target class is in this weight (on a class shard, index -1 elsewhere)
         active = target.valid & (target.index >= 0)
         nx = torch.linalg.vector_norm(x, dim=1, dtype=acc)
-        nw = _row_norms(weight, acc)
+        nw = _row_norms(weight, acc) if weight_norms is None else weight_norms
         _check_nonzero("embeddings", nx, target.valid)
         _check_nonzero("weight", nw)
         self.nx = torch.where(nx > 0, nx, torch.ones_like(nx))  # an ignored row may be zero

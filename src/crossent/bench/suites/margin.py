@@ -30,6 +30,9 @@ CASES: dict[str, dict] = {
     "subcenter": {"head": "subcenter_arcface", "scale": 64.0, "margin": 0.5, "centers": 3},
     # the tile budget as a time/memory dial (crossent only)
     "arcface_32mib": {"head": "arcface", "scale": 64.0, "margin": 0.5, "memory_budget": 32 << 20},
+    # Partial FC's class-centre sampling (InsightFace's default rate): the positives and
+    # random others, 10% of the classes; one process samples all classes, a rank its shard
+    "arcface_sampled": {"head": "arcface", "scale": 64.0, "margin": 0.5, "sample_rate": 0.1},
 }
 
 PRESETS = {
@@ -43,6 +46,8 @@ PRESETS = {
     # the judged shape split over Gloo ranks (--set world_size=4 for four)
     "partial-fc": dict(n=512, d=512, c=1_000_000, world_size=2, dtype="float32", device="cpu",
                        cases=["arcface"]),
+    "partial-fc-sampled": dict(n=512, d=512, c=1_000_000, world_size=2, dtype="float32",
+                               device="cpu", cases=["arcface_sampled"]),
 }
 
 
@@ -114,13 +119,24 @@ def plain_loss(x, w, y, case: dict) -> torch.Tensor:
     return F.cross_entropy(case["scale"] * logits, y)
 
 
+def _generator() -> torch.Generator:
+    """The sampling's generator: a fixed seed per rank (each shard samples its own)."""
+    return torch.Generator().manual_seed(1234 + _rank()[0])
+
+
 def step(impl: str, inputs, cfg: dict, case: dict) -> torch.Tensor:
     x, w, y = inputs
+    rate = case.get("sample_rate", 1.0)
+    if rate < 1.0 and impl != "crossent_pfc":  # one process: what the head modules do
+        from crossent.margin_heads import partial_fc_sample
+
+        classes, y = partial_fc_sample(y, cfg["c"], rate, generator=_generator())
+        w = w.index_select(0, classes)  # centers == 1 in the sampled cases
     if impl == "torch":
         return plain_loss(x, w, y, case)
     import crossent as ce
 
-    params = {k: v for k, v in case.items() if k not in ("head", "memory_budget")}
+    params = {k: v for k, v in case.items() if k not in ("head", "memory_budget", "sample_rate")}
     if impl == "crossent_pfc":
         import torch.distributed as dist
 
@@ -129,6 +145,7 @@ def step(impl: str, inputs, cfg: dict, case: dict) -> torch.Tensor:
 
         spec = margin.margin_spec(case["head"], **params)
         loss, _ = partial_fc_loss(spec, x, w, y, group=dist.group.WORLD, num_classes=cfg["c"],
+                                  sample_rate=rate, generator=_generator(),
                                   memory_budget=case.get("memory_budget"))
         return loss
     if impl != "crossent":
