@@ -125,6 +125,14 @@ CASES = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _in_process_compile():
+    # compile_threads=1: inductor compiles in this process instead of starting a pool of
+    # compile workers (on CI's 2 cores, already shared by two pytest-xdist workers)
+    with torch._inductor.config.patch(compile_threads=1):
+        yield
+
+
 def _run(call, names, device, dtype, compiled):
     data = _data(device, dtype)
     for name in names:
