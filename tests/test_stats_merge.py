@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from crossent import _stats
+from crossent.core import stats as _stats
 
 
 def _merged(z, bounds, **kw):

@@ -6,7 +6,6 @@ the extras PyTorch lacks. ``crossent.reference`` holds the plain float64 definit
 """
 
 from . import reference
-from ._checks import ArgumentError, ArgumentTypeError, TargetIndexError
 from .contrastive import (
     ClipLoss,
     InfoNCELoss,
@@ -19,6 +18,7 @@ from .contrastive import (
     siglip_loss,
     supcon_loss,
 )
+from .core.checks import ArgumentError, ArgumentTypeError, TargetIndexError
 from .linear import LinearCrossEntropyLoss, linear_cross_entropy
 from .losses import (
     CrossEntropyStats,
@@ -38,23 +38,21 @@ from .losses import (
 
 # margin softmax heads (issue 8)
 from .margin import (
-    anneal_lambda,
-    arcface_loss,
-    combined_margin_loss,
-    cosface_loss,
-    large_margin_softmax_loss,
-    margin_logits,
-    sphereface_loss,
-    subcenter_arcface_loss,
-)
-from .margin_heads import (
     ArcFace,
     CombinedMargin,
     CosFace,
     LargeMarginSoftmax,
     SphereFace,
     SubCenterArcFace,
+    anneal_lambda,
+    arcface_loss,
+    combined_margin_loss,
+    cosface_loss,
+    large_margin_softmax_loss,
+    margin_logits,
     partial_fc_sample,
+    sphereface_loss,
+    subcenter_arcface_loss,
 )
 from .nn import (
     BCELoss,

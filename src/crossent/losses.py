@@ -5,10 +5,10 @@ Each function lives in the module of its kind (:mod:`crossent.multiclass`,
 only gathers them for ``from crossent.losses import *``-style use.
 """
 
-from .binary import binary_cross_entropy, binary_cross_entropy_with_logits, sigmoid_focal_loss
-from .divergence import distillation_loss, js_div, kl_div
-from .multiclass import CrossEntropyStats, cross_entropy, log_softmax, nll_loss, softmax
-from .variants import focal_loss, poly1_cross_entropy
+from .core.binary import binary_cross_entropy, binary_cross_entropy_with_logits, sigmoid_focal_loss
+from .core.divergence import distillation_loss, js_div, kl_div
+from .core.multiclass import CrossEntropyStats, cross_entropy, log_softmax, nll_loss, softmax
+from .core.variants import focal_loss, poly1_cross_entropy
 
 __all__ = [
     "softmax",

@@ -138,7 +138,7 @@ class FocalLoss(_WeightedLoss):
                  reduction: str = "mean", form: str = "softmax") -> None:
         super().__init__(weight, reduction=reduction)
         if form not in ("softmax", "sigmoid"):
-            from ._checks import ArgumentError
+            from .core.checks import ArgumentError
 
             raise ArgumentError(f"form must be 'softmax' or 'sigmoid', got {form!r}")
         self.gamma = gamma

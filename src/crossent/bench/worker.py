@@ -90,7 +90,7 @@ def _steps(suite, impl: str, case: dict, cfg: dict, reps: int, warmup: int,
            barrier=None) -> tuple[list[float], int, int]:
     """``warmup + reps`` steps in this process: the timed ones, the peak extra memory and
     the bytes sent through :mod:`crossent.distributed` per timed step (0 on one process)."""
-    from ..distributed import count_traffic
+    from ..core.collectives import count_traffic
 
     inputs = suite.make_inputs(cfg, case)
     cuda = cfg.get("device") == "cuda"

@@ -20,8 +20,8 @@ import math
 
 import torch
 
-from .._checks import ArgumentError
-from .._core import ScoreTransform
+from ..core.checks import ArgumentError
+from ..core.statistics import ScoreTransform
 
 #: A score so large that ``tanh`` saturates to exactly 1 for any plausible cap.
 _HUGE = 1e30

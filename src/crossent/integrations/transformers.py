@@ -42,9 +42,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .._checks import ArgumentError, ArgumentTypeError
-from .._core import ScoreTransform
-from ..linear import linear_cross_entropy
+from ..core.checks import ArgumentError, ArgumentTypeError
+from ..core.statistics import ScoreTransform
+from ..linear.front import linear_cross_entropy
 from ._logit_transform import fit_score_transform, probe_scores
 
 __all__ = ["apply", "revert", "is_applied"]

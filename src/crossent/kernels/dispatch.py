@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._checks import ArgumentError
+from ..core.checks import ArgumentError
 
 # Default bytes of logit tiles, by how the gradients are formed.
 # - Scalar reductions ('mean'/'sum') form dX and dW in the forward pass, band by band; each

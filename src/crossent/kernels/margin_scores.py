@@ -47,10 +47,10 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import ArgumentError
-from .._core import ScoreTransform
-from .._margins import MarginSpec
-from .._targets import ClassIndexTarget
+from ..core.checks import ArgumentError
+from ..core.statistics import ScoreTransform
+from ..core.targets import ClassIndexTarget
+from .margin_spec import MarginSpec
 
 _PLAIN = ScoreTransform()
 _NORM_CHUNK = 1 << 16  # weight rows per chunk in the streaming passes over W

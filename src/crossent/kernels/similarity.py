@@ -53,8 +53,8 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .. import _stats
-from .._reduction import accumulation_dtype
+from ..core import stats as _stats
+from ..core.reduction import accumulation_dtype
 from .dispatch import TilePlan, plan_tiles
 
 # Default bytes of similarity tiles: 1024 x 4096 float32 tiles (three buffers, 48 MiB).

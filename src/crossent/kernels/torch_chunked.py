@@ -53,10 +53,10 @@ from typing import NamedTuple
 
 import torch
 
-from .. import _stats
-from .._core import ScoreTransform
-from .._reduction import accumulation_dtype
-from .._targets import ClassIndexTarget, ClassProbTarget
+from ..core import stats as _stats
+from ..core.reduction import accumulation_dtype
+from ..core.statistics import ScoreTransform
+from ..core.targets import ClassIndexTarget, ClassProbTarget
 from .dispatch import TilePlan
 
 

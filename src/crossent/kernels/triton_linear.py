@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._targets import ClassIndexTarget
+from ..core.targets import ClassIndexTarget
 from . import torch_chunked
 from .dispatch import TilePlan
 from .torch_chunked import LinearProblem, LinearResult

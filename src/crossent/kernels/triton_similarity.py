@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._targets import ClassIndexTarget, LabelSetTarget
+from ..core.targets import ClassIndexTarget, LabelSetTarget
 from . import similarity as sim
 from .triton_linear import _dot_precision, _logits_tile
 

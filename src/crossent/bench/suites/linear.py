@@ -123,7 +123,7 @@ def step(impl: str, inputs, cfg: dict, case: dict) -> torch.Tensor:
     if impl == "matmul_floor":
         return _MatmulFloor.apply(x, w)
     if impl.startswith("crossent"):
-        from crossent.linear import linear_cross_entropy
+        from crossent.linear.front import linear_cross_entropy
 
         loss = linear_cross_entropy(
             x, w, y, reduction=reduction, label_smoothing=case.get("label_smoothing", 0.0),

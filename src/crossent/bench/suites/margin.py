@@ -78,7 +78,7 @@ def flops(cfg: dict, case: dict) -> float:
 def make_inputs(cfg: dict, case: dict, seed: int = 0):
     """The batch and the class weights; on ``W`` ranks, this rank's slice of each (made
     from its own seed: no rank ever holds the whole weight)."""
-    from crossent.partial_fc import shard_range
+    from crossent.margin.partial_fc import shard_range
 
     n, d, c, device = cfg["n"], cfg["d"], cfg["c"], cfg["device"]
     dtype = getattr(torch, cfg["dtype"])
@@ -128,7 +128,7 @@ def step(impl: str, inputs, cfg: dict, case: dict) -> torch.Tensor:
     x, w, y = inputs
     rate = case.get("sample_rate", 1.0)
     if rate < 1.0 and impl != "crossent_pfc":  # one process: what the head modules do
-        from crossent.margin_heads import partial_fc_sample
+        from crossent.margin.heads import partial_fc_sample
 
         classes, y = partial_fc_sample(y, cfg["c"], rate, generator=_generator())
         w = w.index_select(0, classes)  # centers == 1 in the sampled cases
@@ -140,8 +140,8 @@ def step(impl: str, inputs, cfg: dict, case: dict) -> torch.Tensor:
     if impl == "crossent_pfc":
         import torch.distributed as dist
 
-        from crossent import margin
-        from crossent.partial_fc import partial_fc_loss
+        from crossent.margin import losses as margin
+        from crossent.margin.partial_fc import partial_fc_loss
 
         spec = margin.margin_spec(case["head"], **params)
         loss, _ = partial_fc_loss(spec, x, w, y, group=dist.group.WORLD, num_classes=cfg["c"],

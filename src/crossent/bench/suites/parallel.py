@@ -54,7 +54,7 @@ def flops(cfg: dict, case: dict) -> float:
 def shard(v: int, world: int, rank: int) -> tuple[int, int]:
     """``(start, size)`` of rank ``rank``'s classes: ``v // world``, +1 on the first ranks
     (:func:`crossent.partial_fc.shard_range`, the split the margin heads use too)."""
-    from crossent.partial_fc import shard_range
+    from crossent.margin.partial_fc import shard_range
 
     start, end = shard_range(v, rank, world)
     return start, end - start

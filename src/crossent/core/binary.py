@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch.nn import _reduction as _legacy
 
-from . import _checks
-from ._reduction import accumulation_dtype, reduce_rows
+from . import checks as _checks
+from .reduction import accumulation_dtype, reduce_rows
 
 __all__ = ["binary_cross_entropy", "binary_cross_entropy_with_logits", "sigmoid_focal_loss"]
 

@@ -42,11 +42,11 @@ import math
 
 import torch
 
-from . import _checks
-from ._margins import MarginSpec, anneal_lambda
-from .kernels import margin_scores
-from .kernels.dispatch import plan_tiles, resolve_backend
-from .linear import _linear_ce_op
+from ..core import checks as _checks
+from ..kernels import margin_scores
+from ..kernels.dispatch import plan_tiles, resolve_backend
+from ..kernels.margin_spec import MarginSpec, anneal_lambda
+from ..linear.front import _linear_ce_op
 
 __all__ = [
     "arcface_loss",

@@ -26,19 +26,18 @@ loss is returned in float32.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _checks
-from ._reduction import accumulation_dtype
-from ._stats import cross_entropy_rows
-from ._targets import ClassIndexTarget, LabelSetTarget
-from .kernels import similarity as sim
-from .kernels.dispatch import resolve_backend
+from ..core import checks as _checks
+from ..core.reduction import accumulation_dtype
+from ..core.stats import cross_entropy_rows
+from ..kernels import similarity as sim
+from ..kernels.dispatch import resolve_backend
+from . import sharded
+from .problem import DESIGNS, Options, Problem, Result, positive_counts
 
 __all__ = [
     "clip_loss",
@@ -53,103 +52,12 @@ __all__ = [
     "SupConLoss",
 ]
 
-DESIGNS = ("gather", "ring")
-
-
-# ------------------------------------------------------------------ the problem
-
-
-@dataclass
-class Problem:
-    """One rank's part of the matrix: local rows ``a`` against local columns ``b``.
-
-    Row targets are given in local terms and made global by the engine, which knows
-    where the local rows and columns sit in the global batch:
-
-    - ``positive`` (``(n,)`` int64): the local column of each row's single positive
-      (the diagonal, or the other view); the target is global column
-      ``col_start_of_this_rank + positive``;
-    - ``labels`` (``(n,)`` int64, SupCon, ``a is b``): the positives of a row are the
-      other columns with its label (:class:`~crossent._targets.LabelSetTarget`).
-
-    ``cols``: column statistics wanted (CLIP's text->image direction; column ``j``'s
-    target is row ``j``, global indices of rows and columns coincide). ``self_offset``:
-    exclude column ``row + self_offset`` (global), for self-similarity.
-    """
-
-    aggregate: str
-    a: torch.Tensor
-    b: torch.Tensor
-    positive: torch.Tensor | None = None
-    labels: torch.Tensor | None = None
-    cols: bool = False
-    self_offset: int | None = None
-
-    @property
-    def acc(self) -> torch.dtype:
-        return accumulation_dtype(self.a.dtype)
-
-    def row_target(self, home_col_start: int, count: torch.Tensor | None = None):
-        """The rows' target over global columns; ``count``: SupCon's positives per row."""
-        if self.labels is None:
-            return ClassIndexTarget.indices(self.positive + home_col_start, self.acc)
-        index = torch.arange(self.a.shape[0], device=self.a.device) + home_col_start
-        return LabelSetTarget(self.labels, index, count, self.labels, home_col_start)
-
-    def block(self, row_target, row_start: int, col_start: int, num_cols: int,
-              col_labels: torch.Tensor | None = None) -> sim.Block:
-        """The :class:`~crossent.kernels.similarity.Block` of the local rows (global
-        ``row_start``) against ``num_cols`` columns from global ``col_start``."""
-        if col_labels is not None:
-            row_target = row_target.with_columns(col_labels, col_start)
-        col_target = None
-        if self.cols:
-            index = torch.arange(col_start, col_start + num_cols, device=self.a.device)
-            col_target = ClassIndexTarget.indices(index, self.acc)
-        return sim.Block(self.aggregate, row_target, col_target, self.self_offset, row_start, col_start)
-
-
-def positive_counts(labels: torch.Tensor, all_labels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """SupCon's ``P_i``: columns of ``all_labels`` sharing row ``i``'s label, minus itself."""
-    values, counts = torch.unique(all_labels, return_counts=True)
-    where = torch.searchsorted(values, labels)
-    return (counts[where] - 1).to(dtype)
-
-
-@dataclass(frozen=True)
-class Options:
-    memory_budget: int | None = None
-    tile_rows: int | None = None
-    tile_cols: int | None = None
-    backend: str = "auto"
-    group: Any = None
-    design: str = "gather"
-
-    def plan(self, n: int, m: int):
-        return sim.plan(n, m, memory_budget=self.memory_budget, tile_rows=self.tile_rows,
-                        tile_cols=self.tile_cols)
-
-
-@dataclass
-class Result:
-    """Complete (global) statistics of the local rows and, if asked, local columns."""
-
-    stats: sim.Statistics
-    row_start: int  # global index of the first local row
-    total_rows: int  # rows in the global batch
-    total_cols: int  # columns in the global batch
-    row_target: Any  # the rows' target (its ``mass`` for SupCon)
-    scale: torch.Tensor | None = None  # the 0-d scale the statistics were taken with
-
-
 def _run(context: str, opts: Options, build) -> Result:
     """Validate and build the problem (``build() -> (Problem, scale, bias)``), then its
     complete statistics: on one device, or across the ranks of ``opts.group`` (where a
     local argument error is raised on every rank, see :mod:`crossent.contrastive_dist`)."""
     if _distributed(opts.group):
-        from . import contrastive_dist
-
-        return contrastive_dist.run(context, opts, build)
+        return sharded.run(context, opts, build)
     prob, scale, bias = build()
     backend = resolve_backend(opts.backend, prob.a.device)
     count = None
@@ -174,9 +82,7 @@ def _global_sum(x: torch.Tensor, opts: Options) -> torch.Tensor:
     """Sum over ranks, differentiable (identity on one device)."""
     if not _distributed(opts.group):
         return x
-    from . import contrastive_dist
-
-    return contrastive_dist.all_reduce_sum(x, opts.group)
+    return sharded.all_reduce_sum(x, opts.group)
 
 
 def _finish(total: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

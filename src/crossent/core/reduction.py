@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_choice, check_reduction
+from .checks import check_choice, check_reduction
 
 ALL_IGNORED_CHOICES = ("nan", "zero")
 

@@ -36,38 +36,13 @@ import math
 import torch
 from torch import nn
 
-from . import _checks, distributed, margin
-from .partial_fc import partial_fc_loss, shard_range
+from ..core import checks as _checks
+from ..core import collectives as distributed
+from . import losses as margin
+from .partial_fc import check_sample_rate, partial_fc_loss, partial_fc_sample, shard_range
 
 __all__ = ["ArcFace", "CosFace", "SphereFace", "LargeMarginSoftmax", "CombinedMargin",
            "SubCenterArcFace", "partial_fc_sample"]
-
-
-def _sample_rate(value) -> float:
-    rate = _checks.check_number("sample_rate", value)
-    if not 0.0 < rate <= 1.0:
-        raise _checks.ArgumentError(f"sample_rate must be in (0, 1], got {value}")
-    return rate
-
-
-def partial_fc_sample(target: torch.Tensor, num_classes: int, sample_rate: float, *,
-                      ignore_index: int = -100, generator: torch.Generator | None = None):
-    """``(classes, remapped_target)``: the sorted sampled class indices ``(S,)`` (every
-    positive of ``target`` kept, ``S = max(int(sample_rate * num_classes), 1, #positives)``:
-    at least one class, so that a small class shard without positives still takes part)
-    and ``target`` re-indexed into them (``ignore_index`` rows unchanged)."""
-    rate = _sample_rate(sample_rate)
-    valid = target != ignore_index
-    positives = torch.unique(target[valid])
-    num_sample = max(int(rate * num_classes), 1)
-    if num_sample > positives.numel():
-        score = torch.rand(num_classes, generator=generator, device="cpu").to(target.device)
-        score[positives] = 2.0  # positives first
-        classes = torch.topk(score, num_sample).indices.sort().values
-    else:
-        classes = positives
-    remapped = torch.where(valid, torch.searchsorted(classes, target.clamp_min(0)), target)
-    return classes, remapped
 
 
 class _MarginHead(nn.Module):
@@ -91,7 +66,7 @@ class _MarginHead(nn.Module):
         self.params = params
         self.spec = margin.margin_spec(self.head, **params)  # validates the margin now
         self.centers = self.spec.centers
-        self.sample_rate = _sample_rate(sample_rate)
+        self.sample_rate = check_sample_rate(sample_rate)
         self.generator = generator
         self.group = group
         #: with ``group``: this shard's classes (global ids) used by the last training step

@@ -47,10 +47,12 @@ from __future__ import annotations
 
 import torch
 
-from . import _checks
-from . import distributed as D
-from .kernels import similarity as sim
-from .kernels.dispatch import resolve_backend
+from ..core import checks as _checks
+from ..core import collectives as D
+from ..core import stats as _stats
+from ..kernels import similarity as sim
+from ..kernels.dispatch import resolve_backend
+from .problem import Result, positive_counts
 
 
 def _offsets(sizes):
@@ -63,8 +65,6 @@ def _offsets(sizes):
 
 def run(context: str, opts, build):
     """:func:`crossent.contrastive._run` across ``opts.group``."""
-    from .contrastive import Result, positive_counts
-
     group = opts.group
     rank, world = D.rank_and_size(group)
     error, prob = None, None
@@ -140,7 +140,6 @@ def merge_columns(partial_lse: torch.Tensor, partial_dot: torch.Tensor, group):
     ``lse = m + log sum_r exp(lse_r - m)`` with ``m`` the merged value held constant
     (``d lse / d lse_r = exp(lse_r - lse)``), one differentiable all-reduce of ``(2, N)``.
     """
-    from . import _stats
 
     ones = torch.ones_like(partial_lse)
     merged, _ = D.merge_row_stats(_stats.RowStats(partial_lse.detach(), ones, partial_dot.detach(),

@@ -15,11 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch.nn import _reduction as _legacy
 
-from . import _checks
-from ._core import ScoreTransform, softmax_statistics, to_rows
-from ._reduction import ALL_IGNORED_CHOICES, accumulation_dtype, reduce_rows
-from ._stats import cross_entropy_rows
-from ._targets import ClassIndexTarget
+from . import checks as _checks
+from .reduction import ALL_IGNORED_CHOICES, accumulation_dtype, reduce_rows
+from .sharded import parallel_cross_entropy
+from .statistics import ScoreTransform, softmax_statistics, to_rows
+from .stats import cross_entropy_rows
+from .targets import ClassIndexTarget
 
 __all__ = [
     "softmax",
@@ -202,37 +203,18 @@ def cross_entropy(
     ``(N, d1, ..., dK)`` class indices (int64/uint8) or probabilities of input's shape.
     Returns the loss in float32 for float16/bfloat16 input (input dtype otherwise).
     """
-    if group is not None:
-        from .class_parallel import parallel_cross_entropy
+    def validate() -> CrossEntropyArgs:
+        return _cross_entropy_args(input, target, weight, size_average, ignore_index, reduce,
+                                   reduction, label_smoothing, z_loss, softcap, logit_scale,
+                                   all_ignored)
 
-        return parallel_cross_entropy(
-            input, target, weight, size_average, ignore_index, reduce, reduction,
-            label_smoothing, z_loss=z_loss, softcap=softcap, logit_scale=logit_scale,
-            return_stats=return_stats, all_ignored=all_ignored, group=group,
-        )
-    args = _cross_entropy_args(input, target, weight, size_average, ignore_index, reduce,
-                               reduction, label_smoothing, z_loss, softcap, logit_scale,
-                               all_ignored)
-    if args.probs:
-        stats = softmax_statistics(
-            input, target, weight=weight, label_smoothing=args.label_smoothing,
-            transform=args.transform, entropy=return_stats, argmax=return_stats,
-        )
-        valid = None
-        denominator = torch.tensor(
-            float(to_rows(input).shape[0]), dtype=stats.lse.dtype, device=input.device
-        )
+    if group is not None:
+        stats, valid, denominator, args = parallel_cross_entropy(
+            input, target, weight, validate, return_stats=return_stats,
+            all_ignored=all_ignored, group=group)
     else:
-        _checks.check_index_bounds(target, args.num_classes, args.ignore_index)
-        spec = ClassIndexTarget.build(
-            target, args.num_classes, weight=weight, ignore_index=args.ignore_index,
-            label_smoothing=args.label_smoothing, dtype=accumulation_dtype(input.dtype),
-        )
-        stats = softmax_statistics(
-            input, spec, transform=args.transform, entropy=return_stats, argmax=return_stats
-        )
-        valid = spec.valid
-        denominator = spec.mean_denominator()
+        args = validate()
+        stats, valid, denominator = _local_statistics(input, target, weight, args, return_stats)
     return finish_cross_entropy(stats, valid, denominator, args, all_ignored, return_stats)
 
 
@@ -286,6 +268,28 @@ def _cross_entropy_args(input, target, weight, size_average, ignore_index, reduc
     ignore_index = _check_index_target(input, target, weight, ignore_index)
     return CrossEntropyArgs(reduction, label_smoothing, z_loss, transform, False, num_classes,
                             ignore_index, tuple(target.shape))
+
+
+def _local_statistics(input, target, weight, args: CrossEntropyArgs, return_stats: bool):
+    """``(stats, valid, denominator)`` of :func:`cross_entropy` on one process."""
+    if args.probs:
+        stats = softmax_statistics(
+            input, target, weight=weight, label_smoothing=args.label_smoothing,
+            transform=args.transform, entropy=return_stats, argmax=return_stats,
+        )
+        denominator = torch.tensor(
+            float(to_rows(input).shape[0]), dtype=stats.lse.dtype, device=input.device
+        )
+        return stats, None, denominator
+    _checks.check_index_bounds(target, args.num_classes, args.ignore_index)
+    spec = ClassIndexTarget.build(
+        target, args.num_classes, weight=weight, ignore_index=args.ignore_index,
+        label_smoothing=args.label_smoothing, dtype=accumulation_dtype(input.dtype),
+    )
+    stats = softmax_statistics(
+        input, spec, transform=args.transform, entropy=return_stats, argmax=return_stats
+    )
+    return stats, spec.valid, spec.mean_denominator()
 
 
 def finish_cross_entropy(stats, valid, denominator, args: CrossEntropyArgs, all_ignored: str,

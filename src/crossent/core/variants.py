@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import torch
 
-from . import _checks
-from ._core import softmax_statistics, to_rows
-from ._reduction import reduce_rows
-from ._stats import cross_entropy_rows
-from ._targets import ClassIndexTarget
+from . import checks as _checks
 from .multiclass import _check_input, _index_target
+from .reduction import reduce_rows
+from .statistics import softmax_statistics, to_rows
+from .stats import cross_entropy_rows
+from .targets import ClassIndexTarget
 
 __all__ = ["focal_loss", "poly1_cross_entropy"]
 

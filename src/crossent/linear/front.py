@@ -29,15 +29,16 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 from torch import nn
 
-from . import _checks
-from ._core import ScoreTransform
-from ._reduction import ALL_IGNORED_CHOICES, accumulation_dtype, mean_scale, reduce_rows
-from ._stats import cross_entropy_rows
-from ._targets import ClassIndexTarget, ClassProbTarget
-from .kernels import margin_scores
-from .kernels.dispatch import get_backend, plan_tiles, resolve_backend
-from .kernels.torch_chunked import LinearProblem, tile_buffers
-from .multiclass import CrossEntropyStats
+from ..core import checks as _checks
+from ..core.multiclass import CrossEntropyStats
+from ..core.reduction import ALL_IGNORED_CHOICES, accumulation_dtype, mean_scale, reduce_rows
+from ..core.statistics import ScoreTransform
+from ..core.stats import cross_entropy_rows
+from ..core.targets import ClassIndexTarget, ClassProbTarget
+from ..kernels import margin_scores
+from ..kernels.dispatch import get_backend, plan_tiles, resolve_backend
+from ..kernels.torch_chunked import LinearProblem, tile_buffers
+from .sharded import parallel_linear_cross_entropy
 
 __all__ = ["linear_cross_entropy", "LinearCrossEntropyLoss"]
 
@@ -82,7 +83,7 @@ def _linear_ce_op(
     """Returns ``(loss, lse, entropy, argmax, grad_x, grad_weight, grad_bias)``; the
     gradients (for a unit upstream gradient) only for scalar reductions, else empty.
     ``margin``/``margin_args``: a margin head's spec (:mod:`crossent.margin`), or "" for none."""
-    from .kernels.dispatch import TilePlan
+    from ..kernels.dispatch import TilePlan
 
     num_classes = margin_scores.num_classes(margin, margin_args, weight)
     target = _target(x, index, probs, class_weight, ignore_index, label_smoothing, num_classes)
@@ -143,7 +144,7 @@ def _linear_ce_backward_op(
     margin: str = "", margin_args: Optional[Sequence[float]] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exact per-row gradients of ``reduction='none'``: tiles recomputed against ``lse``."""
-    from .kernels.dispatch import TilePlan
+    from ..kernels.dispatch import TilePlan
 
     num_classes = margin_scores.num_classes(margin, margin_args, weight)
     target = _target(x, index, probs, class_weight, ignore_index, label_smoothing, num_classes)
@@ -419,26 +420,29 @@ def linear_cross_entropy(
     gradient (all-reduced in the backward). See :mod:`crossent.class_parallel`.
     """
     del options
-    if group is not None:
-        from .class_parallel import parallel_linear_cross_entropy
 
-        return parallel_linear_cross_entropy(
-            input, linear_weight, target, linear_bias=linear_bias, weight=weight,
-            reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
-            z_loss=z_loss, softcap=softcap, logit_scale=logit_scale, return_stats=return_stats,
-            all_ignored=all_ignored, memory_budget=memory_budget,
-            token_chunk_size=token_chunk_size, vocab_chunk_size=vocab_chunk_size,
-            backend=backend, group=group,
+    def validate():
+        # everything but the class-index bounds with group= (they need the global count);
+        # the tile options too, before any collective (they may differ by rank)
+        a = _linear_args(input, linear_weight, target, linear_bias, weight, reduction,
+                         ignore_index, label_smoothing, z_loss, softcap, logit_scale,
+                         all_ignored, backend, check_bounds=group is None)
+        plan = _plan(a, linear_weight.shape[0], return_stats, memory_budget, token_chunk_size,
+                     vocab_chunk_size, recompute=a.reduction == "none",
+                     weighted=weight is not None)
+        return a, plan
+
+    if group is not None:
+        loss, lse, ent, best, a = parallel_linear_cross_entropy(
+            input, linear_weight, linear_bias, weight, validate, return_stats=return_stats,
+            all_ignored=all_ignored, group=group)
+    else:
+        a, plan = validate()
+        loss, lse, ent, best, _, _, _ = _linear_ce_op(
+            a.x, linear_weight, linear_bias, a.index, a.probs, weight, a.ignore_index,
+            a.label_smoothing, a.reduction, a.z_loss, a.softcap, a.logit_scale, all_ignored,
+            plan.rows, plan.cols, a.backend, bool(return_stats), a.need_x, a.need_w, a.need_b,
         )
-    a = _linear_args(input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
-                     label_smoothing, z_loss, softcap, logit_scale, all_ignored, backend)
-    plan = _plan(a, linear_weight.shape[0], return_stats, memory_budget, token_chunk_size,
-                 vocab_chunk_size, recompute=a.reduction == "none", weighted=weight is not None)
-    loss, lse, ent, best, _, _, _ = _linear_ce_op(
-        a.x, linear_weight, linear_bias, a.index, a.probs, weight, a.ignore_index,
-        a.label_smoothing, a.reduction, a.z_loss, a.softcap, a.logit_scale, all_ignored,
-        plan.rows, plan.cols, a.backend, bool(return_stats), a.need_x, a.need_w, a.need_b,
-    )
     if a.reduction == "none" and input.dim() == 1:
         loss = loss.reshape(())
     return _with_stats(loss, lse, ent, best, input, return_stats)

@@ -50,20 +50,14 @@ import dataclasses
 
 import torch
 
-from . import _checks, _stats
-from . import distributed as D
-from ._core import ScoreTransform, softmax_statistics, to_rows
-from ._reduction import accumulation_dtype, mean_scale, reduce_rows
-from ._stats import cross_entropy_rows
-from ._targets import ClassIndexTarget, ClassProbTarget
-from .kernels import margin_scores
-from .kernels.dispatch import TilePlan, get_backend
-from .kernels.torch_chunked import LinearProblem
+from . import checks as _checks
+from . import collectives as D
+from . import stats as _stats
+from .reduction import accumulation_dtype
+from .statistics import softmax_statistics, to_rows
+from .targets import ClassIndexTarget
 
-__all__ = ["parallel_cross_entropy", "parallel_linear_cross_entropy"]
-
-# rows per chunk when scores at the argmax are recomputed from x and W (linear path)
-_SCORE_CHUNK_ELEMENTS = 1 << 22
+__all__ = ["parallel_cross_entropy"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,8 +88,8 @@ def agree(context: str, group, same: dict, classes: int | None,
     return Shards(D.rank_and_size(group)[0], sizes)
 
 
-def _options(**kwargs) -> dict:
-    """JSON-able agreement fields."""
+def agreement_fields(**kwargs) -> dict:
+    """The options every rank must agree on, JSON-able (dtypes and devices as strings)."""
     return {k: (str(v) if isinstance(v, (torch.dtype, torch.device)) else v)
             for k, v in kwargs.items()}
 
@@ -189,21 +183,18 @@ class _WithMergeGradient(torch.autograd.Function):
 # ---------------------------------------------------------- given logits
 
 
-def parallel_cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100,
-                           reduce=None, reduction="mean", label_smoothing=0.0, *, z_loss=0.0,
-                           softcap=None, logit_scale=1.0, return_stats=False, all_ignored="nan",
-                           group):
-    """:func:`crossent.cross_entropy` with ``input`` this rank's class shard (see the module)."""
-    from .multiclass import _cross_entropy_args, finish_cross_entropy
-
+def parallel_cross_entropy(input, target, weight, validate, *, return_stats: bool,
+                           all_ignored: str, group):
+    """The merged statistics of :func:`crossent.cross_entropy` with ``input`` this rank's
+    class shard (see the module): ``(stats, valid, denominator, args)``, ready for the
+    front's loss formula. ``validate()`` checks the local arguments and returns the
+    front's validated arguments; what it raises, it raises on every rank."""
     context = "crossent.cross_entropy(group=...)"
     args, error, same = None, None, {}
     try:
-        args = _cross_entropy_args(input, target, weight, size_average, ignore_index, reduce,
-                                   reduction, label_smoothing, z_loss, softcap, logit_scale,
-                                   all_ignored)
+        args = validate()
         rows_shape = list(input.shape[:1] + input.shape[2:]) if input.dim() > 1 else []
-        same = _options(
+        same = agreement_fields(
             target=("probabilities" if args.probs else "class indices"), rows=rows_shape,
             dtype=input.dtype, device_type=input.device.type, reduction=args.reduction,
             ignore_index=args.ignore_index, label_smoothing=args.label_smoothing,
@@ -242,170 +233,6 @@ def parallel_cross_entropy(input, target, weight=None, size_average=None, ignore
     if args.probs:  # 'mean' over rows, as without group
         m.denominator = torch.tensor(float(lse.shape[0]), dtype=lse.dtype, device=lse.device)
     merged = stats._replace(lse=lse, dot=dot, mass=mass, entropy=m.entropy, argmax=m.argmax)
-    return finish_cross_entropy(merged, valid, m.denominator, args, all_ignored, return_stats)
+    return merged, valid, m.denominator, args
 
 
-# ------------------------------------------------------------ fused linear
-
-
-def _linear_scores_at(p: LinearProblem, index: torch.Tensor) -> torch.Tensor:
-    """``z_i[index_i]`` recomputed from ``x``, ``W`` and ``b`` in row chunks (for the argmax
-    comparison across shards): ``N x H`` work, no ``N x C`` tile."""
-    acc = p.acc
-    n, h = p.x.shape
-    out = torch.empty(n, dtype=acc, device=p.x.device)
-    step = max(1, _SCORE_CHUNK_ELEMENTS // max(h, 1))
-    for s in range(0, n, step):
-        e = min(s + step, n)
-        w = p.weight[index[s:e]].to(acc)
-        v = torch.bmm(w.unsqueeze(1), p.x[s:e].to(acc).unsqueeze(2)).reshape(-1)
-        if p.bias is not None:
-            v = v + p.bias[index[s:e]].to(acc)
-        out[s:e] = v
-    return p.transform.apply(out, acc)
-
-
-@dataclasses.dataclass
-class _LinearSpec:
-    """What the autograd function needs besides its tensor inputs."""
-
-    target: ClassIndexTarget | ClassProbTarget  # this shard's, with its partial masses
-    transform: ScoreTransform
-    z_loss: float
-    reduction: str
-    all_ignored: str
-    rows: int
-    cols: int
-    backend: str
-    return_stats: bool
-    group: object
-    shards: Shards
-    margin: object = None  # a crossent._margins.MarginSpec: margin-head scores (Partial FC)
-    weight_norms: torch.Tensor | None = None  # the margin head's class norms, if checked already
-
-
-class _ParallelLinearCE(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, spec: _LinearSpec):
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        need_b = need_b and bias is not None
-        backend = get_backend(spec.backend)
-        plan = TilePlan(spec.rows, spec.cols)
-        target = spec.target
-        scores = None
-        if spec.margin is not None:  # per class and per row only: shards compose (see there)
-            scores = margin_scores.MarginScores(spec.margin, x, weight, target, spec.weight_norms)
-        problem = LinearProblem(x, weight, bias, target, spec.transform, spec.z_loss, scores)
-        local = backend.run(problem, plan, entropy=spec.return_stats, argmax=spec.return_stats)
-        extra = {}
-        if spec.return_stats:
-            extra = dict(entropy=local.entropy, argmax=local.argmax,
-                         best_score=_linear_scores_at(problem, local.argmax))
-        denominator = None if isinstance(target, ClassProbTarget) else target.mean_denominator()
-        m = merge_shards(spec.group, spec.shards, lse=local.lse, dot=local.dot,
-                         mass=target.mass, denominator=denominator, **extra)
-        if denominator is None:
-            m.denominator = torch.tensor(float(x.shape[0]), dtype=m.lse.dtype, device=x.device)
-        row_loss = cross_entropy_rows(m.lse, m.dot, m.mass, target.valid, spec.z_loss)
-        loss = reduce_rows(row_loss, spec.reduction, m.denominator, all_ignored=spec.all_ignored)
-        # the whole problem's masses: the gradient is (s_i + 2 z lse_i) softmax_i - t_i
-        whole = LinearProblem(x, weight, bias, dataclasses.replace(target, mass=m.mass),
-                              spec.transform, spec.z_loss, scores)
-        ctx.spec, ctx.need = spec, (need_x, need_w, need_b)
-        ctx.dtypes = (weight.dtype, bias.dtype if bias is not None else None)
-        ctx.grads = None
-        if spec.reduction != "none":
-            if need_x or need_w or need_b:
-                scale = torch.ones((), dtype=m.lse.dtype, device=x.device)
-                if spec.reduction == "mean":
-                    scale = mean_scale(m.denominator, spec.all_ignored)
-                g = backend.run(whole, plan, row_scale=target.valid.to(m.lse.dtype) * scale,
-                                lse=m.lse, need_x=need_x, need_w=need_w, need_b=need_b)
-                ctx.grads = (g.grad_x, g.grad_weight, g.grad_bias)
-        else:
-            ctx.whole = whole
-            ctx.save_for_backward(m.lse)
-        out_dtype = m.lse.dtype if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-        entropy = m.entropy if m.entropy is not None else m.lse.new_empty(0)
-        argmax = m.argmax if m.argmax is not None else m.lse.new_empty(0, dtype=torch.int64)
-        lse = m.lse.clone()
-        ctx.mark_non_differentiable(lse, entropy, argmax)
-        return loss.to(out_dtype), lse, entropy, argmax
-
-    @staticmethod
-    def backward(ctx, grad_loss, _lse, _entropy, _argmax):
-        need_x, need_w, need_b = ctx.need
-        spec = ctx.spec
-        if spec.reduction == "none":
-            (lse,) = ctx.saved_tensors
-            whole = ctx.whole
-            g = get_backend(spec.backend).run(
-                whole, TilePlan(spec.rows, spec.cols),
-                row_scale=grad_loss.to(lse.dtype) * whole.target.valid, lse=lse,
-                need_x=need_x, need_w=need_w, need_b=need_b,
-            )
-            gx, gw, gb = g.grad_x, g.grad_weight, g.grad_bias
-        else:
-            if ctx.grads is None:
-                raise RuntimeError(
-                    "crossent.linear_cross_entropy(group=...): backward through a 'mean'/'sum' "
-                    "loss twice (retain_graph=True) is not supported"
-                )
-            gx, gw, gb = ctx.grads
-            ctx.grads = None
-            gx = gx.mul_(grad_loss) if gx is not None else None
-            gw = gw.mul_(grad_loss) if gw is not None else None
-            gb = gb.mul_(grad_loss) if gb is not None else None
-        return (gx if need_x else None,
-                gw.to(ctx.dtypes[0]) if need_w else None,
-                gb.to(ctx.dtypes[1]) if need_b else None, None)
-
-
-def parallel_linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None,
-                                  reduction="mean", ignore_index=None, label_smoothing=0.0,
-                                  z_loss=0.0, softcap=None, logit_scale=1.0, return_stats=False,
-                                  all_ignored="nan", memory_budget=None, token_chunk_size=None,
-                                  vocab_chunk_size=None, backend="auto", group):
-    """:func:`crossent.linear_cross_entropy` with the output layer's classes sharded."""
-    from .linear import _linear_args, _plan, _with_stats
-
-    context = "crossent.linear_cross_entropy(group=...)"
-    a, error, same = None, None, {}
-    try:
-        a = _linear_args(input, linear_weight, target, linear_bias, weight, reduction,
-                         ignore_index, label_smoothing, z_loss, softcap, logit_scale,
-                         all_ignored, backend, check_bounds=False)
-        same = _options(
-            target=("probabilities" if a.probs is not None else "class indices"),
-            rows=list(input.shape[:-1]), hidden=int(input.shape[-1]), dtype=input.dtype,
-            device_type=input.device.type, reduction=a.reduction, ignore_index=a.ignore_index,
-            label_smoothing=a.label_smoothing, z_loss=a.z_loss, softcap=a.softcap,
-            logit_scale=a.logit_scale, return_stats=bool(return_stats), all_ignored=all_ignored,
-            weight=weight is not None, bias=linear_bias is not None, input_grad=a.need_x,
-        )
-        # tile options are checked here, before any collective (they may differ by rank)
-        plan = _plan(a, linear_weight.shape[0], return_stats, memory_budget, token_chunk_size,
-                     vocab_chunk_size, recompute=a.reduction == "none",
-                     weighted=weight is not None)
-    except D.LOCAL_ERRORS as exc:
-        error = exc
-    shards = agree(context, group, same, linear_weight.shape[0] if a else None, error)
-
-    acc = accumulation_dtype(input.dtype)
-    if a.probs is not None:
-        tgt = ClassProbTarget.build(a.probs, weight=weight, label_smoothing=a.label_smoothing,
-                                    dtype=acc, num_classes=shards.total)
-    else:
-        tgt = shard_index_target(context, a.index, shards, group, weight=weight,
-                                 ignore_index=a.ignore_index,
-                                 label_smoothing=a.label_smoothing, dtype=acc)
-    spec = _LinearSpec(tgt, ScoreTransform(a.logit_scale, a.softcap), a.z_loss, a.reduction,
-                       all_ignored, plan.rows, plan.cols, a.backend, bool(return_stats), group,
-                       shards)
-    x = D.replicated_input(a.x, group) if a.need_x else a.x.detach()
-    w = linear_weight if a.need_w else linear_weight.detach()
-    b = None if linear_bias is None else (linear_bias if a.need_b else linear_bias.detach())
-    loss, lse, ent, best = _ParallelLinearCE.apply(x, w, b, spec)
-    if a.reduction == "none" and input.dim() == 1:
-        loss = loss.reshape(())
-    return _with_stats(loss, lse, ent, best, input, return_stats)

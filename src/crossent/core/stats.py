@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._targets import ClassIndexTarget, ClassProbTarget
+from .targets import ClassIndexTarget, ClassProbTarget
 
 
 class RowStats(NamedTuple):

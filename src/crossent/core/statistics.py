@@ -32,9 +32,9 @@ from typing import NamedTuple
 
 import torch
 
-from . import _stats
-from ._reduction import accumulation_dtype
-from ._targets import ClassIndexTarget, ClassProbTarget
+from . import stats as _stats
+from .reduction import accumulation_dtype
+from .targets import ClassIndexTarget, ClassProbTarget
 
 # Rows per chunk are chosen so one chunk holds about this many float elements: on CPU
 # a few MiB that stay in cache between the passes over a chunk (4 MiB measured best at

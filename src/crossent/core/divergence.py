@@ -17,9 +17,9 @@ import warnings
 import torch
 from torch.nn import _reduction as _legacy
 
-from . import _checks
-from ._reduction import accumulation_dtype, reduce_rows
+from . import checks as _checks
 from .multiclass import cross_entropy
+from .reduction import accumulation_dtype, reduce_rows
 
 __all__ = ["kl_div", "js_div", "distillation_loss"]
 

@@ -1,0 +1,558 @@
+"""Collectives for losses whose problem spans ranks, on ``torch.distributed`` only.
+
+The losses of crossent that take ``group=`` (vocabulary/class-parallel cross-entropy,
+distributed contrastive losses, Partial-FC margin heads) share this small layer:
+
+- :func:`check_agreement` / :func:`check_replicated`: before any work, the ranks exchange
+  a small metadata record (and, for replicated integer tensors such as targets, one
+  all-reduce) and raise the *same* :class:`~crossent.ArgumentError` on every rank when they
+  disagree, naming the field and each rank's value. A local argument error on one rank is
+  reported on every rank the same way, so nothing waits forever in a collective.
+- :func:`gather_sizes`, :func:`gather_uneven`, :func:`all_gather`: gathers of tensors whose
+  first dimension differs by rank (Gloo's ``all_gather`` wants equal shapes: the sizes are
+  exchanged first, tensors padded to the largest, gathered, trimmed).
+- :func:`all_gather`, :func:`all_reduce`, :func:`replicated_input`, :func:`scale_grad`:
+  autograd-aware collectives under two conventions (below).
+- :func:`merge_row_stats`: per-row softmax statistics of class shards combined across
+  ranks exactly as :func:`crossent._stats.merge` combines tiles, from one all-gather of
+  ``(N,)`` vectors, with the same bits on every rank.
+- :func:`ring_exchange`, :func:`ring_blocks`: point-to-point ring passes (send to the next
+  rank, receive from the previous) with uneven block sizes, asynchronous so the caller
+  overlaps them with compute.
+- :func:`count_traffic`: bytes each rank sends, for benchmarks.
+
+Only ``torch.distributed`` collectives and point-to-point calls are used; everything
+works with Gloo on CPU tensors and NCCL on CUDA tensors (metadata travels on the device
+the group's backend wants: CUDA for NCCL, CPU otherwise). ``group`` is a process group
+(``torch.distributed.group.WORLD`` for all ranks); ranks are ranks *within* the group.
+
+Two autograd conventions
+------------------------
+
+**Data parallel** (``convention="data_parallel"``, the default of :func:`all_gather` and
+:func:`all_reduce`): each of the ``W`` ranks holds its own slice ``x_r`` of the global
+batch, computes the *same* global loss ``L`` from gathered or reduced tensors, and calls
+``L.backward()``; DDP then *averages* the gradients of replicated parameters
+(the encoders, ``logit_scale``) over the ``W`` ranks. A collective's backward on rank
+``r`` receives the cotangent that rank ``r``'s graph computed. Together, the ``W``
+backward passes differentiate the sum of the ``W`` graphs, i.e. the objective ``W * L``
+(every rank's copy of ``L`` depends on every ``x_k`` through the collectives). The true
+adjoints of that objective are:
+
+- ``y = all_gather(x)``: ``x_r`` appears in every rank's ``y``, so
+  ``d(W L)/dx_r = sum_k gbar_k[slice r]``: a **reduce-scatter** (each owner receives the
+  sum of the gradients all ranks computed for its slice), ``= W * dL/dx_r``;
+- ``y = all_reduce_sum(x)``: ``d(W L)/dx_r = sum_k gbar_k``: an **all-reduce-sum**.
+
+Why that is exactly what DDP needs: a replicated parameter ``theta`` of the encoder gets,
+on rank ``r``, ``J_r^T (W dL/dx_r)`` (``J_r = dx_r/dtheta``); DDP's average is
+``(1/W) sum_r J_r^T W dL/dx_r = sum_r J_r^T dL/dx_r = dL/dtheta``, the single-process
+gradient. A replicated parameter that enters ``L`` directly (``logit_scale``) gets
+``dL/ds`` on every rank and the average keeps it. Using the identity (or "own slice
+only") as the backward of the gather instead gives ``dL/dtheta / W`` after averaging, the
+factor-of-``W`` error of open_clip's default ``local_loss=False, gather_with_grad=False``
+mode and of Inf-CL's scale gradient.
+
+**Tensor parallel** (``convention="tensor_parallel"``; Megatron-LM's
+``copy_to/reduce_from/gather_from_tensor_model_parallel_region``): the ranks of the group
+together form *one* computation over rows that are the same on every rank (hidden states
+replicated, classes sharded); nothing is averaged across the group. The objective is
+``L`` once; every rank's copy of a replicated tensor is the same logical variable and its
+cotangent is the same on every rank. The pairs are:
+
+- ``y = all_reduce(x, convention="tensor_parallel")`` (sum of per-shard partial results,
+  e.g. partial statistics): forward all-reduce, backward **identity**;
+- ``y = replicated_input(x)`` (a replicated input consumed by sharded work, e.g. the
+  hidden states of a vocabulary-parallel output layer): forward identity, backward
+  **all-reduce-sum** of the shards' partial gradients;
+- ``y = all_gather(x, convention="tensor_parallel")`` (shards made whole): backward keeps
+  this rank's **slice** of the (replicated) cotangent.
+
+Use *data parallel* when every rank computes the loss of a global batch it assembled
+from every rank's slice and DDP averages the replicated parameters (distributed
+CLIP/SigLIP, gathered embeddings). Use *tensor parallel* when the ranks share the rows
+and split the work (vocabulary-parallel cross-entropy): there, sharded parameters get
+exactly their slice of ``dL/dW`` and replicated inputs the full ``dL/dx``.
+
+**Mixing them** (class shards inside a data-parallel job, InsightFace's Partial FC):
+embeddings are gathered data-parallel (DDP averages the encoder) while each rank
+differentiates the loss only through its own class shard (the statistics merge is
+tensor-parallel, so the shard's gradient is exact and not averaged). The reduce-scatter
+of the gathered embeddings then sums the shards' contributions once, ``dL/dx_k``, not
+``W dL/dx_k``; multiply by ``W`` before DDP divides: ``all_gather(scale_grad(x, W))``.
+
+Traffic
+-------
+
+:func:`count_traffic` records, per call, the bytes this rank sends under the
+bandwidth-optimal ring algorithms (NCCL's for large messages): an all-gather of ``b``
+bytes per rank sends ``(W-1) b``; an all-reduce of ``b`` bytes ``2 (W-1)/W b``; a
+reduce-scatter of ``b`` bytes in total ``(W-1)/W b``; a point-to-point send its size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+import torch.distributed as dist
+
+from . import stats as _stats
+from .checks import ArgumentError, ArgumentTypeError, TargetIndexError
+
+__all__ = [
+    "DATA_PARALLEL",
+    "TENSOR_PARALLEL",
+    "LOCAL_ERRORS",
+    "rank_and_size",
+    "comm_device",
+    "check_agreement",
+    "check_replicated",
+    "gather_sizes",
+    "gather_uneven",
+    "all_gather",
+    "all_reduce",
+    "replicated_input",
+    "scale_grad",
+    "merge_row_stats",
+    "ring_exchange",
+    "ring_blocks",
+    "count_traffic",
+    "Traffic",
+]
+
+DATA_PARALLEL = "data_parallel"
+TENSOR_PARALLEL = "tensor_parallel"
+_CONVENTIONS = (DATA_PARALLEL, TENSOR_PARALLEL)
+
+#: Local argument errors that :func:`check_agreement` turns into one error on every rank.
+LOCAL_ERRORS = (ArgumentError, ArgumentTypeError, TargetIndexError, TypeError, ValueError,
+                IndexError)
+
+
+# ------------------------------------------------------------------------ basics
+
+
+def rank_and_size(group) -> tuple[int, int]:
+    """This process's rank within ``group`` and the group's size."""
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+def comm_device(group) -> torch.device:
+    """Where small metadata tensors travel: the current CUDA device for an NCCL-only
+    group, the CPU otherwise (Gloo, or a ``cpu:gloo,cuda:nccl`` group)."""
+    backend = str(dist.get_backend(group)).lower()
+    if "nccl" in backend and "gloo" not in backend:
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _global_rank(group, rank: int) -> int:
+    if group is None or group is dist.group.WORLD:
+        return rank
+    return dist.get_global_rank(group, rank)
+
+
+# ---------------------------------------------------------------------- traffic
+
+
+@dataclass
+class Traffic:
+    """Calls and bytes this rank sent inside :func:`count_traffic` (ring model)."""
+
+    calls: list[tuple[str, int]] = field(default_factory=list)  # (operation, bytes sent)
+
+    @property
+    def bytes_sent(self) -> int:
+        return sum(b for _, b in self.calls)
+
+    def by_op(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for op, b in self.calls:
+            out[op] = out.get(op, 0) + b
+        return out
+
+
+_TRAFFIC: list[Traffic] = []
+
+
+@contextlib.contextmanager
+def count_traffic() -> Iterator[Traffic]:
+    """Record the bytes this rank sends through this module's collectives::
+
+        with distributed.count_traffic() as t:
+            loss = ce.linear_cross_entropy(x, w, y, group=g); loss.backward()
+        t.bytes_sent, t.by_op()
+    """
+    t = Traffic()
+    _TRAFFIC.append(t)
+    try:
+        yield t
+    finally:
+        _TRAFFIC.remove(t)
+
+
+def _record(op: str, nbytes: float) -> None:
+    for t in _TRAFFIC:
+        t.calls.append((op, int(nbytes)))
+
+
+def _nbytes(x: torch.Tensor) -> int:
+    return x.numel() * x.element_size()
+
+
+def _raw_all_gather(x: torch.Tensor, group) -> list[torch.Tensor]:
+    """``dist.all_gather`` of equal-shaped tensors, counted."""
+    _, size = rank_and_size(group)
+    x = x.contiguous()
+    out = [torch.empty_like(x) for _ in range(size)]
+    dist.all_gather(out, x, group=group)
+    _record("all_gather", (size - 1) * _nbytes(x))
+    return out
+
+
+def _raw_all_reduce(x: torch.Tensor, group, op=dist.ReduceOp.SUM) -> torch.Tensor:
+    """``dist.all_reduce`` on a contiguous copy (the caller's tensor is never written)."""
+    _, size = rank_and_size(group)
+    out = x.contiguous().clone()
+    dist.all_reduce(out, op=op, group=group)
+    _record("all_reduce", 2 * (size - 1) / size * _nbytes(out))
+    return out
+
+
+# ------------------------------------------------------------------ uneven gathers
+
+
+def gather_sizes(n: int, group, device: torch.device | None = None) -> list[int]:
+    """Every rank's ``n`` (e.g. its first dimension), in rank order; one small all-gather."""
+    device = comm_device(group) if device is None else device
+    mine = torch.tensor([int(n)], dtype=torch.int64, device=device)
+    return [int(t.item()) for t in _raw_all_gather(mine, group)]
+
+
+def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    if x.shape[0] == rows:
+        return x.contiguous()
+    out = x.new_zeros((rows,) + tuple(x.shape[1:]))
+    out[: x.shape[0]] = x
+    return out
+
+
+def gather_uneven(x: torch.Tensor, group, sizes: Sequence[int] | None = None) -> list[torch.Tensor]:
+    """Every rank's ``x`` (first dimensions may differ; the others must agree), in rank
+    order, without autograd. ``sizes`` (from :func:`gather_sizes`) saves one exchange."""
+    sizes = list(sizes) if sizes is not None else gather_sizes(x.shape[0], group, x.device)
+    parts = _raw_all_gather(_pad_rows(x.detach(), max(sizes)), group)
+    return [p[:n] for p, n in zip(parts, sizes)]
+
+
+def _offsets(sizes: Sequence[int]) -> list[int]:
+    out, total = [], 0
+    for n in sizes:
+        out.append(total)
+        total += n
+    return out
+
+
+def _reduce_scatter_rows(g: torch.Tensor, sizes: Sequence[int], group) -> torch.Tensor:
+    """This rank's rows of ``sum_k g_k``, where every rank holds a full ``g`` of
+    ``sum(sizes)`` rows split by ``sizes`` (a reduce-scatter, padded to the largest)."""
+    rank, size = rank_and_size(group)
+    width = max(sizes)
+    chunks = [_pad_rows(c, width) for c in torch.split(g, list(sizes))]
+    out = torch.empty_like(chunks[0])
+    dist.reduce_scatter(out, chunks, group=group)
+    _record("reduce_scatter", (size - 1) * _nbytes(out))
+    return out[: sizes[rank]]
+
+
+class _AllGather(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group, sizes, convention):
+        ctx.group, ctx.sizes, ctx.convention = group, sizes, convention
+        return torch.cat(gather_uneven(x, group, sizes))
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        rank, _ = rank_and_size(ctx.group)
+        if ctx.convention == TENSOR_PARALLEL:
+            start = _offsets(ctx.sizes)[rank]
+            return grad[start:start + ctx.sizes[rank]], None, None, None
+        return _reduce_scatter_rows(grad, ctx.sizes, ctx.group), None, None, None
+
+
+def _check_convention(convention: str) -> None:
+    if convention not in _CONVENTIONS:
+        raise ArgumentError(f"convention must be one of {_CONVENTIONS}, got {convention!r}")
+
+
+def all_gather(x: torch.Tensor, group, *, sizes: Sequence[int] | None = None,
+               convention: str = DATA_PARALLEL) -> torch.Tensor:
+    """Concatenation (dim 0, rank order) of every rank's ``x``; first dimensions may differ.
+
+    Differentiable: with ``convention='data_parallel'`` the backward is the true adjoint,
+    a reduce-scatter (rank ``r`` receives the sum over ranks of the gradient of its rows);
+    with ``'tensor_parallel'`` it keeps this rank's rows of its own gradient. See the
+    module docstring for which to use. ``sizes``: every rank's ``x.shape[0]`` when known.
+    """
+    _check_convention(convention)
+    sizes = list(sizes) if sizes is not None else gather_sizes(x.shape[0], group, x.device)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _AllGather.apply(x, group, sizes, convention)
+    return torch.cat(gather_uneven(x, group, sizes))
+
+
+class _AllReduce(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group, convention):
+        ctx.group, ctx.convention = group, convention
+        return _raw_all_reduce(x, group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.convention == TENSOR_PARALLEL:
+            return grad, None, None
+        return _raw_all_reduce(grad, ctx.group), None, None
+
+
+def all_reduce(x: torch.Tensor, group, *, convention: str = DATA_PARALLEL) -> torch.Tensor:
+    """``sum_k x_k`` on every rank (a new tensor; ``x`` is not modified).
+
+    Backward: all-reduce-sum (``'data_parallel'``, the true adjoint) or the identity
+    (``'tensor_parallel'``, Megatron's ``reduce_from_tensor_model_parallel_region``).
+    """
+    _check_convention(convention)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _AllReduce.apply(x, group, convention)
+    return _raw_all_reduce(x.detach(), group)
+
+
+class _ReplicatedInput(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _raw_all_reduce(grad, ctx.group), None
+
+
+def replicated_input(x: torch.Tensor, group) -> torch.Tensor:
+    """Tensor parallel: ``x`` (the same on every rank) as the input of sharded work.
+
+    Forward: identity. Backward: the sum over ranks of the partial gradients each rank's
+    shard produced (an all-reduce), so every rank's ``x`` gets the full gradient
+    (Megatron's ``copy_to_tensor_model_parallel_region``).
+    """
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _ReplicatedInput.apply(x, group)
+    return x
+
+
+class _ScaleGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, factor):
+        ctx.factor = factor
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.factor, None
+
+
+def scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """Identity forward; the gradient times ``factor`` backward (see "Mixing them")."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _ScaleGrad.apply(x, float(factor))
+    return x
+
+
+# ------------------------------------------------------------------- agreement
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def _all_gather_bytes(payload: bytes, group) -> list[bytes]:
+    device = comm_device(group)
+    data = torch.frombuffer(bytearray(payload), dtype=torch.uint8).to(device)
+    return [p.cpu().numpy().tobytes() for p in gather_uneven(data, group)]
+
+
+def check_agreement(context: str, group, *, same: Mapping[str, Any],
+                    each: Mapping[str, Any] | None = None,
+                    error: BaseException | None = None) -> list[dict]:
+    """Exchange a metadata record; raise the same error on every rank unless all agree.
+
+    Args:
+        context: names the call in messages, e.g. ``"crossent.cross_entropy(group=...)"``.
+        same: JSON-able fields that must be equal on every rank (shapes' fixed dims,
+            dtype as a string, options, ...).
+        each: JSON-able fields that may differ (e.g. this rank's class count); returned.
+        error: the exception this rank's own argument checks raised, if any.
+
+    Returns every rank's ``each`` record, in rank order.
+
+    Raises, on every rank: if every rank reported the *same* local error, that error
+    (its own type, as without ``group``); if some ranks reported errors, an
+    :class:`~crossent.ArgumentError` naming each failing rank and its error; if ``same``
+    differs, an ``ArgumentError`` naming each field and every rank's value.
+
+    Cost: two small all-gathers (sizes, then the JSON bytes) and a host synchronisation.
+    """
+    rank, size = rank_and_size(group)
+    record = {"same": dict(same), "each": dict(each or {}),
+              "error": None if error is None else _describe(error)}
+    try:
+        payload = json.dumps(record, sort_keys=True).encode()
+    except TypeError as exc:  # a programming error: fields must be JSON-able
+        raise ArgumentTypeError(f"{context}: metadata is not JSON-able: {exc}") from exc
+    records = [json.loads(b) for b in _all_gather_bytes(payload, group)]
+    errors = [(r, rec["error"]) for r, rec in enumerate(records) if rec["error"] is not None]
+    if errors:
+        if len(errors) == size and len({e for _, e in errors}) == 1 and error is not None:
+            raise error
+        lines = "; ".join(f"rank {r}: {e}" for r, e in errors)
+        raise ArgumentError(f"{context}: invalid arguments on {len(errors)} of {size} ranks "
+                            f"({lines})") from error
+    missing = object()
+    problems = []
+    keys = sorted(set().union(*(rec["same"].keys() for rec in records)))
+    for key in keys:
+        values = [rec["same"].get(key, missing) for rec in records]
+        if any(v != values[0] for v in values[1:]):
+            shown = ", ".join(
+                f"rank {r}: {'<missing>' if v is missing else repr(v)}" for r, v in enumerate(values)
+            )
+            problems.append(f"{key} ({shown})")
+    if problems:
+        raise ArgumentError(f"{context}: the ranks of the group disagree on "
+                            f"{'; '.join(problems)}; every rank must pass the same value")
+    return [rec["each"] for rec in records]
+
+
+def check_replicated(context: str, name: str, tensor: torch.Tensor, group) -> None:
+    """Raise the same :class:`~crossent.ArgumentError` on every rank unless the integer
+    ``tensor`` (same shape on every rank, e.g. class-index targets) holds the same values
+    everywhere. One all-reduce (MAX) of ``2 * numel`` int64 values; a host synchronisation.
+    """
+    flat = tensor.reshape(-1).to(torch.int64)
+    both = _raw_all_reduce(torch.cat([flat, -flat]), group, op=dist.ReduceOp.MAX)
+    high, low = both[: flat.numel()], -both[flat.numel():]
+    differs = high != low
+    if bool(differs.any()):
+        where = int(differs.nonzero()[0, 0])
+        count = int(differs.sum())
+        raise ArgumentError(
+            f"{context}: {name} must be the same on every rank of the group, but "
+            f"{count} of {flat.numel()} elements differ (first at flat index {where}: values "
+            f"from {int(low[where])} to {int(high[where])} across ranks)"
+        )
+
+
+# ------------------------------------------------------------------- statistics
+
+
+def _pack(pieces: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([p.detach().contiguous().reshape(-1).view(torch.uint8) for p in pieces])
+
+
+def _unpack(buf: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    out, start = [], 0
+    for p in like:
+        n = _nbytes(p)
+        out.append(buf[start:start + n].view(p.dtype).reshape(p.shape))
+        start += n
+    return out
+
+
+def merge_row_stats(stats: _stats.RowStats, group, *, col_offset: int = 0,
+                    sums: Sequence[torch.Tensor] = ()) -> tuple[_stats.RowStats, list[torch.Tensor]]:
+    """Per-row statistics of every rank's class shard, merged: the statistics of all classes.
+
+    ``stats`` (:class:`crossent._stats.RowStats`, ``(N,)`` each, the same ``N`` and the
+    same optional fields on every rank) describes this rank's classes, global columns
+    ``[col_offset, col_offset + C_r)`` (shards contiguous in rank order); its ``argmax``
+    is local (``col_offset`` is added). ``sums``: more tensors (any shape, the same on
+    every rank) to be summed across ranks, e.g. partial target masses.
+
+    One all-gather of the packed bytes (about ``(3 + 2 + len(sums)) * N`` numbers); then
+    every rank folds the ``W`` states in rank order with :func:`crossent._stats.merge`,
+    exactly as tiles are merged, so the result has the same bits on every rank and the
+    argmax ties go to the lowest global index. No autograd (the chain rule of the merge,
+    ``d lse / d lse_r = exp(lse_r - lse)``, is the caller's).
+    """
+    local = [stats.max, stats.sumexp, stats.dot]
+    if stats.zexp is not None:
+        local.append(stats.zexp)
+    if stats.argmax is not None:
+        local.append(stats.argmax.to(torch.int64) + col_offset)
+    local.extend(sums)
+    parts = _raw_all_gather(_pack(local), group)
+    merged, totals = None, None
+    for buf in parts:
+        vals = _unpack(buf, local)
+        row_max, sumexp, dot = vals[:3]
+        rest = vals[3:]
+        zexp = rest.pop(0) if stats.zexp is not None else None
+        best = rest.pop(0) if stats.argmax is not None else None
+        state = _stats.RowStats(row_max, sumexp, dot, zexp, best)
+        merged = state if merged is None else _stats.merge(merged, state)
+        totals = rest if totals is None else [t + r for t, r in zip(totals, rest)]
+    return merged, list(totals)
+
+
+# ------------------------------------------------------------------------ ring
+
+
+def ring_exchange(send: torch.Tensor, recv: torch.Tensor, group, *, direction: int = 1) -> list:
+    """Start sending ``send`` to rank ``r + direction`` and receiving ``recv`` from rank
+    ``r - direction`` (mod ``W``); returns the works, ``.wait()`` them before using
+    ``recv`` (and before writing ``send``). One ``batch_isend_irecv``, so NCCL's paired
+    send/receive cannot deadlock; on Gloo, two asynchronous point-to-point calls.
+    """
+    rank, size = rank_and_size(group)
+    if direction not in (1, -1):
+        raise ArgumentError(f"direction must be 1 or -1, got {direction!r}")
+    if not (send.is_contiguous() and recv.is_contiguous()):
+        raise ArgumentError("ring_exchange needs contiguous send and recv tensors (the "
+                            "transfer runs after this call returns)")
+    peer_out = _global_rank(group, (rank + direction) % size)
+    peer_in = _global_rank(group, (rank - direction) % size)
+    ops = [dist.P2POp(dist.isend, send, peer_out, group),
+           dist.P2POp(dist.irecv, recv, peer_in, group)]
+    _record("send", _nbytes(send))
+    return dist.batch_isend_irecv(ops)
+
+
+def ring_blocks(x: torch.Tensor, group, *, sizes: Sequence[int] | None = None,
+                direction: int = 1) -> Iterator[tuple[int, torch.Tensor]]:
+    """Every rank's block, one per step, passed around the ring; yields ``(source, block)``.
+
+    Step 0 yields this rank's ``x``; step ``s`` the block of rank ``r - s * direction``.
+    While the caller works on a block, the next one is already in flight. Blocks may
+    differ in their first dimension (``sizes``: every rank's, from :func:`gather_sizes`,
+    exchanged here when omitted); the other dimensions must agree. No autograd: a
+    differentiable ring (Inf-CL style) passes gradients back with the same helpers.
+    The caller must consume all ``W`` steps on every rank.
+    """
+    rank, size = rank_and_size(group)
+    sizes = list(sizes) if sizes is not None else gather_sizes(x.shape[0], group, x.device)
+    current = x.detach().contiguous()
+    for step in range(size):
+        source = (rank - step * direction) % size
+        works, incoming = [], None
+        if step + 1 < size:
+            nxt = (rank - (step + 1) * direction) % size
+            incoming = current.new_empty((sizes[nxt],) + tuple(current.shape[1:]))
+            works = ring_exchange(current, incoming, group, direction=direction)
+        yield source, current
+        for w in works:
+            w.wait()
+        current = incoming
