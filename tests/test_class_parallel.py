@@ -17,6 +17,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 import crossent as ce
+import oracle
 
 SPLITS = {2: [4, 7], 4: [3, 6, 1, 5]}  # uneven class shards; C = 11 and 15
 N, H, IGNORE = 9, 5, -100
@@ -25,41 +26,17 @@ N, H, IGNORE = 9, 5, -100
 # ------------------------------------------------------------------ the oracle
 
 
-def _transform(z, case):
-    z = z * case.get("logit_scale", 1.0)
-    if case.get("softcap"):
-        z = case["softcap"] * torch.tanh(z / case["softcap"])
-    return z
+_ORACLE_OPTIONS = ("reduction", "ignore_index", "label_smoothing", "z_loss", "softcap",
+                   "logit_scale", "all_ignored")
 
 
 def reference(logits, target, case, weight=None):
     """Loss (and statistics) of one process holding every class, in plain PyTorch."""
-    c_dim = 0 if logits.dim() == 1 else 1
-    z = _transform(logits, case)
-    reduction = case.get("reduction", "mean")
-    ignore = case.get("ignore_index", IGNORE)
-    main = F.cross_entropy(z, target, weight=weight, ignore_index=ignore, reduction=reduction,
-                           label_smoothing=case.get("label_smoothing", 0.0))
-    lse = torch.logsumexp(z, c_dim)
-    if target.is_floating_point():
-        valid = torch.ones_like(lse, dtype=torch.bool)
-        denominator = float(lse.numel())
-    else:
-        valid = target != ignore
-        w_y = weight[target.clamp(min=0)] if weight is not None else torch.ones_like(lse)
-        denominator = (w_y * valid).sum()
-    zl = case.get("z_loss", 0.0) * lse.square() * valid
-    if reduction == "none":
-        loss = main + zl
-    elif reduction == "sum":
-        loss = main + zl.sum()
-    elif case.get("all_ignored") == "zero" and float(denominator) == 0:
-        loss = (z * 0).sum()  # crossent's documented choice: 0 and a zero gradient
-    else:
-        loss = main + zl.sum() / denominator
-    logp = torch.log_softmax(z, c_dim)
-    stats = (lse.detach(), -(logp.exp() * logp).sum(c_dim).detach(), z.argmax(c_dim))
-    return loss, stats
+    options = {k: case[k] for k in _ORACLE_OPTIONS if k in case}
+    options.setdefault("ignore_index", IGNORE)
+    loss = oracle.cross_entropy(logits, target, weight=weight, float64=False, **options)
+    return loss, oracle.statistics(logits, logit_scale=case.get("logit_scale", 1.0),
+                                   softcap=case.get("softcap"))
 
 
 def _upstream(loss, g):

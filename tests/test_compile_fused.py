@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 import contrastive_reference as ref
 import crossent as ce
+import oracle
 
 N, H, V = 6, 5, 11
 
@@ -49,20 +50,10 @@ def _data(device, dtype):
     }
 
 
-def _reference_linear(d, target, *, reduction="mean", z_loss=0.0, softcap=None, bias=False,
-                      ignore_index=-100, label_smoothing=0.0):
-    """Full logits in plain PyTorch: ``F.cross_entropy`` plus ``z_loss * lse^2`` on the
-    rows that count, reduced as PyTorch reduces (mean over the non-ignored rows)."""
-    z = F.linear(d["x"], d["w"], d["b"] if bias else None)
-    if softcap is not None:
-        z = softcap * torch.tanh(z / softcap)
-    rows = F.cross_entropy(z, target, reduction="none", ignore_index=ignore_index,
-                           label_smoothing=label_smoothing)
-    valid = target != ignore_index if not target.is_floating_point() else torch.ones_like(rows)
-    rows = rows + z_loss * torch.logsumexp(z, 1).square() * valid
-    if reduction == "none":
-        return rows
-    return rows.sum() / valid.sum() if reduction == "mean" else rows.sum()
+def _reference_linear(d, target, *, bias=False, **options):
+    """Full logits in plain PyTorch (the shared oracle, in the inputs' dtype)."""
+    return oracle.linear_cross_entropy(d["x"], d["w"], d["b"] if bias else None, target,
+                                       float64=False, **options)
 
 
 def _linear(target, **kwargs):
