@@ -23,10 +23,10 @@ run() {  # run SECONDS NAME CMD...: one step, never past SECONDS; its log in $OU
 }
 STEPS=${STEPS:-tests bench}
 bench="python3 -m crossent.cli bench --rounds 1 --warmup 2 --reps 6"
-compiled="tests/test_compile_fused.py::test_inductor_fullgraph_cuda"
+compiled="tests/contracts/test_compile_fused.py::test_inductor_fullgraph_cuda"
 for step in $STEPS; do case $step in
   tests) TAIL=25 run 140 tests python3 -m pytest -q -p no:cacheprovider --timeout 120 \
-           tests/test_gpu.py tests/test_contrastive_triton.py tests/test_linear_triton.py \
+           tests/gpu/test_gpu.py tests/contrastive/test_contrastive_triton.py tests/linear/test_linear_triton.py \
            "$compiled[linear_options]" "$compiled[linear_none]" \
            "$compiled[arcface_loss]" ${EXTRA_TESTS:-} ;;
   bench)

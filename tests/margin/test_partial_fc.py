@@ -19,9 +19,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from test_margin import reference_logits
 
 import crossent as ce
-from test_margin import reference_logits
+
+pytestmark = pytest.mark.slow
 
 F64 = torch.float64
 BATCHES = {2: [5, 3], 4: [4, 1, 6, 2]}

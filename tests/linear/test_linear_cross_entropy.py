@@ -222,6 +222,7 @@ def test_errors_name_the_argument(call, exc, match):
         call(x, w, y)
 
 
+@pytest.mark.slow
 def test_torch_compile_fullgraph():
     x, w, b, y, _ = _data(dtype=torch.float32)
 

@@ -3,8 +3,12 @@
 import argparse
 import json
 
+import pytest
+
 from crossent.bench import command
 from crossent.bench.suites import SUITES, load
+
+pytestmark = pytest.mark.slow
 
 
 def test_suite_is_registered_with_the_contract():

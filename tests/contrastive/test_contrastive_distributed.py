@@ -24,6 +24,8 @@ import torch
 
 import contrastive_reference as ref
 
+pytestmark = pytest.mark.slow
+
 D = torch.float64
 DIN, DIM = 6, 4
 LOSSES = ("clip", "clip_bias", "siglip", "info_nce", "nt_xent", "supcon")

@@ -2,8 +2,12 @@
 
 import json
 
+import pytest
+
 from crossent.bench.suites import parallel
 from crossent.bench.worker import main as worker_main
+
+pytestmark = pytest.mark.slow
 
 
 def test_shards_cover_the_classes_in_rank_order():

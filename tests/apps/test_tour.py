@@ -22,6 +22,8 @@ import torch.nn.functional as F
 
 from crossent.cli import main
 
+pytestmark = pytest.mark.slow
+
 D = torch.float64
 SEEDS = [
     "000_28b471f7a140c5f1.txt",

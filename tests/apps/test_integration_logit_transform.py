@@ -12,6 +12,8 @@ import torch
 from crossent import ArgumentError
 from crossent.integrations._logit_transform import fit_score_transform, probe_scores
 
+pytestmark = pytest.mark.slow
+
 Z = probe_scores(4 * 50)
 
 

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 
 import crossent as ce
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("kwargs", [{}, {"label_smoothing": 0.1, "ignore_index": 3},
                                     {"weight": torch.rand(10, dtype=torch.float64)}],

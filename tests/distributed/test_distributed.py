@@ -16,6 +16,8 @@ from crossent import ArgumentError, TargetIndexError
 from crossent import distributed as D
 from crossent.core import stats as _stats
 
+pytestmark = pytest.mark.slow
+
 SIZES = {2: [5, 3], 4: [4, 0, 6, 3]}  # uneven first dimensions, one empty rank
 CLASSES = {2: [7, 4], 4: [3, 6, 1, 5]}  # uneven class shards
 

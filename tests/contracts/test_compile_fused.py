@@ -26,6 +26,8 @@ import contrastive_reference as ref
 import crossent as ce
 import oracle
 
+pytestmark = pytest.mark.slow
+
 N, H, V = 6, 5, 11
 
 

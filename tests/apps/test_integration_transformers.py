@@ -21,6 +21,8 @@ transformers = pytest.importorskip("transformers")
 import crossent.integrations.transformers as ce_hf  # noqa: E402
 from crossent import ArgumentError, ArgumentTypeError  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 logging.getLogger("transformers").setLevel(logging.ERROR)
 transformers.logging.set_verbosity_error()
 

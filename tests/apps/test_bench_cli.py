@@ -10,6 +10,8 @@ from crossent.bench import command
 from crossent.bench.suites import SUITES, load
 from crossent.bench.worker import main as worker_main
 
+pytestmark = pytest.mark.slow
+
 
 def _parse(argv):
     parser = argparse.ArgumentParser()

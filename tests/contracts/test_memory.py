@@ -29,6 +29,8 @@ from torch.utils._pytree import tree_leaves
 
 import crossent as ce
 
+pytestmark = pytest.mark.slow
+
 N, C = 64, 1000
 
 

@@ -15,7 +15,7 @@ import contrastive_reference as ref
 import crossent as ce
 
 triton = pytest.importorskip("triton")
-pytestmark = pytest.mark.triton
+pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
 D = torch.float64
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -479,6 +479,7 @@ def test_no_batch_by_class_tensor_and_no_second_weight_sized_tensor():
     assert sizes[1] < n * c * 4 // 2 and sizes[1] <= 1 << 20  # then the tiles (the budget)
 
 
+@pytest.mark.slow
 def test_runs_under_torch_compile_fullgraph():
     x, w, y = _problem(dtype=torch.float32)
     compiled = torch.compile(lambda a, b, t: ce.arcface_loss(a, b, t, scale=8.0), fullgraph=True)

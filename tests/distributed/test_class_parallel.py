@@ -19,6 +19,8 @@ import torch.nn.functional as F
 import crossent as ce
 import oracle
 
+pytestmark = pytest.mark.slow
+
 SPLITS = {2: [4, 7], 4: [3, 6, 1, 5]}  # uneven class shards; C = 11 and 15
 N, H, IGNORE = 9, 5, -100
 
