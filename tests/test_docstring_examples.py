@@ -139,5 +139,6 @@ def test_docstring_example(test):
     result = runner.run(test, out=report.append, clear_globs=True)
     elapsed = time.perf_counter() - start
     assert result.failed == 0, "".join(report)
-    # examples are meant to be small; a generous bound so a shared CI machine passes
-    assert elapsed < 5.0, f"{test.name}: the example took {elapsed:.2f} s (keep it small)"
+    # examples are meant to be small (well under 0.2 s once warm); the bound is generous
+    # because the first fused call of a process pays a one-off start-up of several seconds
+    assert elapsed < 30.0, f"{test.name}: the example took {elapsed:.2f} s (keep it small)"
