@@ -33,6 +33,7 @@ import re
 import time
 
 import pytest
+import torch.distributed as dist
 
 # The public surface whose docstrings follow the template: the module, and the names of it
 # that are public (its __all__; functions and classes only, not constants or modules).
@@ -135,8 +136,15 @@ def test_docstring_example(test):
         optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False
     )
     report: list[str] = []
+    if dist.is_available() and dist.is_initialized():
+        pytest.skip("a process group is already initialised in this process")
     start = time.perf_counter()
-    result = runner.run(test, out=report.append, clear_globs=True)
+    try:
+        result = runner.run(test, out=report.append, clear_globs=True)
+    finally:
+        # the collectives' examples make a one-rank group; never leak it to other tests
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     elapsed = time.perf_counter() - start
     assert result.failed == 0, "".join(report)
     # examples are meant to be small (well under 0.2 s once warm); the bound is generous
