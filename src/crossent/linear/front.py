@@ -445,7 +445,7 @@ def linear_cross_entropy(
         >>> _ = torch.manual_seed(0)
         >>> hidden, W = torch.randn(6, 8), torch.randn(10, 8)
         >>> y = torch.tensor([1, 0, 9, 4, 4, 7])
-        >>> loss = ce.linear_cross_entropy(hidden, W, y, vocab_chunk_size=4)
+        >>> loss = ce.linear_cross_entropy(hidden, W, y)
         >>> torch.allclose(loss, F.cross_entropy(hidden @ W.T, y))
         True
         >>> _, stats = ce.linear_cross_entropy(hidden, W, y, return_stats=True)
