@@ -45,9 +45,35 @@ class _WeightedLoss(_Loss):
 
 
 class CrossEntropyLoss(_WeightedLoss):
-    """:func:`crossent.cross_entropy` as a module; ``torch.nn.CrossEntropyLoss``'s
-    arguments plus ``z_loss``, ``softcap``, ``logit_scale``, ``all_ignored`` and ``group``
-    (classes sharded across the ranks of a process group, see :mod:`crossent.class_parallel`)."""
+    """:func:`crossent.cross_entropy` as a module, with ``torch.nn.CrossEntropyLoss``'s arguments.
+
+    ::
+
+        loss_i = sum_c t_ic * (logsumexp(z_i) - z_ic) + z_loss * logsumexp(z_i)^2
+
+    ``torch.nn.CrossEntropyLoss``'s arguments plus ``z_loss``, ``softcap``,
+    ``logit_scale``, ``all_ignored`` and ``group`` (classes sharded across the ranks of a
+    process group, see :mod:`crossent.core.sharded`). ``weight`` is a buffer.
+
+    Args:
+        weight, size_average, ignore_index, reduce, reduction, label_smoothing, z_loss,
+            softcap, logit_scale, all_ignored, group: as :func:`crossent.cross_entropy`.
+    Shape:
+        input ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dK)``; target class indices or
+        probabilities, as :func:`crossent.cross_entropy`.
+    Returns:
+        ``forward(input, target)`` returns the loss.
+    Example:
+        >>> import torch, crossent as ce
+        >>> x = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]])
+        >>> y = torch.tensor([1, 2])
+        >>> loss_fn = ce.CrossEntropyLoss(label_smoothing=0.1)
+        >>> torch.allclose(loss_fn(x, y), torch.nn.CrossEntropyLoss(label_smoothing=0.1)(x, y))
+        True
+
+    References:
+        PyTorch, ``torch.nn.CrossEntropyLoss``.
+    """
 
     def __init__(self, weight=None, size_average=None, ignore_index: int = -100, reduce=None,
                  reduction: str = "mean", label_smoothing: float = 0.0, *, z_loss: float = 0.0,
@@ -72,7 +98,31 @@ class CrossEntropyLoss(_WeightedLoss):
 
 
 class NLLLoss(_WeightedLoss):
-    """:func:`crossent.nll_loss` as a module (``torch.nn.NLLLoss``'s arguments)."""
+    """:func:`crossent.nll_loss` as a module (``torch.nn.NLLLoss``'s arguments).
+
+    ::
+
+        loss_i = -w[y_i] * input[i, y_i]
+
+    Args:
+        weight, size_average, ignore_index, reduce, reduction: as
+            :func:`crossent.nll_loss`.
+    Shape:
+        as :func:`crossent.nll_loss`.
+    Returns:
+        ``forward(input, target)`` returns the loss.
+    Example:
+        >>> import torch, crossent as ce
+        >>> x = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]])
+        >>> y = torch.tensor([1, 2])
+        >>> w = torch.tensor([1.0, 2.0, 0.5])
+        >>> torch.allclose(ce.NLLLoss(weight=w)(x.log_softmax(1), y),
+        ...                torch.nn.NLLLoss(weight=w)(x.log_softmax(1), y))
+        True
+
+    References:
+        PyTorch, ``torch.nn.NLLLoss``.
+    """
 
     def __init__(self, weight=None, size_average=None, ignore_index: int = -100, reduce=None,
                  reduction: str = "mean") -> None:
@@ -85,15 +135,59 @@ class NLLLoss(_WeightedLoss):
 
 
 class BCELoss(_WeightedLoss):
-    """:func:`crossent.binary_cross_entropy` as a module (``torch.nn.BCELoss``)."""
+    """:func:`crossent.binary_cross_entropy` as a module (``torch.nn.BCELoss``).
+
+    ::
+
+        loss = -w * (y * max(log p, -100) + (1 - y) * max(log(1 - p), -100))
+
+    Args:
+        weight, size_average, reduce, reduction: as :func:`crossent.binary_cross_entropy`.
+    Shape:
+        input and target identical, any shape.
+    Returns:
+        ``forward(input, target)`` returns the loss.
+    Example:
+        >>> import torch, crossent as ce
+        >>> p, y = torch.tensor([0.9, 0.2, 0.6]), torch.tensor([1.0, 0.0, 1.0])
+        >>> torch.allclose(ce.BCELoss()(p, y), torch.nn.BCELoss()(p, y))
+        True
+
+    References:
+        PyTorch, ``torch.nn.BCELoss``.
+    """
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy(input, target, weight=self.weight, reduction=self.reduction)
 
 
 class BCEWithLogitsLoss(_Loss):
-    """:func:`crossent.binary_cross_entropy_with_logits` as a module
-    (``torch.nn.BCEWithLogitsLoss``)."""
+    """:func:`crossent.binary_cross_entropy_with_logits` as a module (``torch.nn.BCEWithLogitsLoss``).
+
+    ::
+
+        loss = -w * (pw * y * log sigmoid(x) + (1 - y) * log(1 - sigmoid(x)))
+
+    Args:
+        weight, size_average, reduce, reduction, pos_weight: as
+            :func:`crossent.binary_cross_entropy_with_logits` (``weight`` and
+            ``pos_weight`` are buffers).
+    Shape:
+        input and target the same size, any shape.
+    Returns:
+        ``forward(input, target)`` returns the loss.
+    Example:
+        >>> import torch, crossent as ce
+        >>> x = torch.tensor([[2.0, -1.0], [0.5, 3.0]])
+        >>> y = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+        >>> pw = torch.tensor([2.0, 1.0])
+        >>> torch.allclose(ce.BCEWithLogitsLoss(pos_weight=pw)(x, y),
+        ...                torch.nn.BCEWithLogitsLoss(pos_weight=pw)(x, y))
+        True
+
+    References:
+        PyTorch, ``torch.nn.BCEWithLogitsLoss``.
+    """
 
     def __init__(self, weight=None, size_average=None, reduce=None, reduction: str = "mean",
                  pos_weight=None) -> None:
@@ -108,7 +202,29 @@ class BCEWithLogitsLoss(_Loss):
 
 
 class KLDivLoss(_Loss):
-    """:func:`crossent.kl_div` as a module (``torch.nn.KLDivLoss``)."""
+    """:func:`crossent.kl_div` as a module (``torch.nn.KLDivLoss``).
+
+    ::
+
+        loss = target * (log(target) - input)
+
+    Args:
+        size_average, reduce, reduction, log_target: as :func:`crossent.kl_div`.
+    Shape:
+        input and target broadcast, any shape.
+    Returns:
+        ``forward(input, target)`` returns the divergence.
+    Example:
+        >>> import torch, crossent as ce
+        >>> log_p = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]]).log()
+        >>> q = torch.tensor([[0.4, 0.4, 0.2], [0.2, 0.2, 0.6]])
+        >>> torch.allclose(ce.KLDivLoss(reduction="batchmean")(log_p, q),
+        ...                torch.nn.KLDivLoss(reduction="batchmean")(log_p, q))
+        True
+
+    References:
+        Kullback & Leibler, "On Information and Sufficiency", 1951.
+    """
 
     def __init__(self, size_average=None, reduce=None, reduction: str = "mean",
                  log_target: bool = False) -> None:
@@ -120,7 +236,28 @@ class KLDivLoss(_Loss):
 
 
 class JSDivLoss(_Loss):
-    """:func:`crossent.js_div` as a module."""
+    """:func:`crossent.js_div` as a module.
+
+    ::
+
+        JS(p, q) = KL(p || m) / 2 + KL(q || m) / 2,    m = (p + q) / 2
+
+    Args:
+        reduction, log_target: as :func:`crossent.js_div`.
+    Shape:
+        input and target ``(..., C)``.
+    Returns:
+        ``forward(input, target)`` returns the divergence.
+    Example:
+        >>> import torch, crossent as ce
+        >>> log_p = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]]).log()
+        >>> q = torch.tensor([[0.4, 0.4, 0.2], [0.2, 0.2, 0.6]])
+        >>> ce.JSDivLoss(reduction="none")(log_p, q)
+        tensor([0.0064, 0.0242])
+
+    References:
+        Lin, "Divergence Measures Based on the Shannon Entropy", 1991.
+    """
 
     def __init__(self, reduction: str = "batchmean", log_target: bool = False) -> None:
         super().__init__(reduction=reduction)
@@ -131,8 +268,33 @@ class JSDivLoss(_Loss):
 
 
 class FocalLoss(_WeightedLoss):
-    """Focal loss as a module: ``form='softmax'`` (:func:`crossent.focal_loss`, class
-    indices) or ``form='sigmoid'`` (:func:`crossent.sigmoid_focal_loss`, binary labels)."""
+    """Focal loss as a module, softmax (class indices) or sigmoid (binary labels).
+
+    ::
+
+        loss_i = -alpha_{y_i} * (1 - p_t)^gamma * log p_t
+
+    ``form='softmax'`` is :func:`crossent.focal_loss`, ``form='sigmoid'``
+    :func:`crossent.sigmoid_focal_loss` (with ``alpha`` 0.25 when None).
+
+    Args:
+        gamma, alpha, weight, ignore_index, reduction: as :func:`crossent.focal_loss`
+            (the sigmoid form uses ``gamma``, ``alpha`` and ``reduction``).
+        form: ``'softmax'`` or ``'sigmoid'``.
+    Shape:
+        as the chosen function.
+    Returns:
+        ``forward(input, target)`` returns the loss.
+    Example:
+        >>> import torch, crossent as ce
+        >>> x = torch.tensor([[3.0, 0.0, 0.0], [0.3, 0.1, -0.2]])
+        >>> y = torch.tensor([0, 1])
+        >>> torch.allclose(ce.FocalLoss(gamma=0.0)(x, y), torch.nn.functional.cross_entropy(x, y))
+        True
+
+    References:
+        Lin et al., "Focal Loss for Dense Object Detection", 2017.
+    """
 
     def __init__(self, gamma: float = 2.0, alpha=None, weight=None, ignore_index: int = -100,
                  reduction: str = "mean", form: str = "softmax") -> None:
@@ -156,7 +318,31 @@ class FocalLoss(_WeightedLoss):
 
 
 class Poly1CrossEntropyLoss(_WeightedLoss):
-    """:func:`crossent.poly1_cross_entropy` as a module."""
+    """:func:`crossent.poly1_cross_entropy` as a module.
+
+    ::
+
+        loss_i = CE_i + epsilon * w[y_i] * (1 - p_t)
+
+    Args:
+        epsilon, weight, ignore_index, reduction, label_smoothing: as
+            :func:`crossent.poly1_cross_entropy`.
+    Shape:
+        as :func:`crossent.poly1_cross_entropy`.
+    Returns:
+        ``forward(input, target)`` returns the loss.
+    Example:
+        >>> import torch, crossent as ce
+        >>> x = torch.tensor([[3.0, 0.0, 0.0], [0.3, 0.1, -0.2]])
+        >>> y = torch.tensor([0, 1])
+        >>> torch.allclose(ce.Poly1CrossEntropyLoss(epsilon=0.0)(x, y),
+        ...                torch.nn.functional.cross_entropy(x, y))
+        True
+
+    References:
+        Leng et al., "PolyLoss: A Polynomial Expansion Perspective of Classification Loss
+        Functions", 2022.
+    """
 
     def __init__(self, epsilon: float = 1.0, weight=None, ignore_index: int = -100,
                  reduction: str = "mean", label_smoothing: float = 0.0) -> None:
@@ -172,7 +358,30 @@ class Poly1CrossEntropyLoss(_WeightedLoss):
 
 
 class DistillationLoss(_Loss):
-    """:func:`crossent.distillation_loss` as a module: ``forward(student, teacher, target=None)``."""
+    """:func:`crossent.distillation_loss` as a module: ``forward(student, teacher, target=None)``.
+
+    ::
+
+        loss = alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+               + (1 - alpha) * cross_entropy(student, target)
+
+    Args:
+        temperature, alpha, reduction, ignore_index: as :func:`crossent.distillation_loss`.
+    Shape:
+        logits ``(N, C)``, target ``(N,)``.
+    Returns:
+        ``forward(student_logits, teacher_logits, target=None)`` returns the loss.
+    Example:
+        >>> import torch, crossent as ce
+        >>> _ = torch.manual_seed(0)
+        >>> student, teacher = torch.randn(4, 5), torch.randn(4, 5)
+        >>> torch.allclose(ce.DistillationLoss(temperature=2.0)(student, teacher),
+        ...                ce.distillation_loss(student, teacher, temperature=2.0))
+        True
+
+    References:
+        Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network", 2015.
+    """
 
     def __init__(self, temperature: float = 1.0, alpha: float = 0.5,
                  reduction: str = "batchmean", ignore_index: int = -100) -> None:

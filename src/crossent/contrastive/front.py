@@ -13,7 +13,7 @@ against open_clip).
 Across ranks (``group=`` a ``torch.distributed`` process group) every rank passes its
 local batch; the value returned on every rank is the loss of the *global* batch, and
 after DDP averages the gradients of replicated parameters they equal those of one
-process holding the global batch (see :mod:`crossent.contrastive_dist` for the two
+process holding the global batch (see :mod:`crossent.contrastive.sharded` for the two
 designs, ``design='gather'`` and ``design='ring'``). Local batch sizes may differ.
 
 Common keyword arguments: ``memory_budget`` (bytes of score tiles, default
@@ -55,7 +55,7 @@ __all__ = [
 def _run(context: str, opts: Options, build) -> Result:
     """Validate and build the problem (``build() -> (Problem, scale, bias)``), then its
     complete statistics: on one device, or across the ranks of ``opts.group`` (where a
-    local argument error is raised on every rank, see :mod:`crossent.contrastive_dist`)."""
+    local argument error is raised on every rank, see :mod:`crossent.contrastive.sharded`)."""
     if _distributed(opts.group):
         return sharded.run(context, opts, build)
     prob, scale, bias = build()
@@ -185,21 +185,48 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
               logit_bias=None, group=None, design: str = "gather", memory_budget: int | None = None,
               tile_rows: int | None = None, tile_cols: int | None = None,
               backend: str = "auto") -> torch.Tensor:
-    """CLIP's symmetric InfoNCE loss (Radford et al. 2021), open_clip ``ClipLoss`` semantics::
+    """CLIP's symmetric InfoNCE loss, with open_clip ``ClipLoss`` semantics.
+
+    ::
 
         z_ij = logit_scale * <image_i, text_j> (+ logit_bias)
         loss = ( mean_i CE(z_i., i) + mean_j CE(z_.j, j) ) / 2
 
+    Both directions come from one pass over the tiles: each tile gives the image rows'
+    and the text columns' statistics at once; the ``N x N`` matrix is never formed.
+
     Args:
-        image_features, text_features: ``(N, D)`` each, used as given (normalise them
-            first for CLIP's cosine similarities); pair ``i`` is the positive.
+        image_features, text_features: used as given (normalise them first for CLIP's
+            cosine similarities); pair ``i`` is the positive.
         logit_scale: the multiplier, already exponentiated (a number or a one-element
             tensor, which receives a gradient).
         logit_bias: optional additive bias (cancels in a softmax; accepted as open_clip does).
-        group, design: across ranks, see the module docstring.
+        group: a ``torch.distributed`` process group; every rank passes its local batch
+            and gets the loss of the global batch (``None``: one process).
+        design: across ranks, ``'gather'`` or ``'ring'`` (see
+            :mod:`crossent.contrastive.sharded`).
+        memory_budget: bytes of score tiles (default
+            :data:`crossent.kernels.similarity.DEFAULT_MEMORY_BUDGET`).
+        tile_rows, tile_cols: an explicit tile shape.
+        backend: ``'auto'`` (Triton on CUDA when installed, else PyTorch), ``'torch'`` or
+            ``'triton'``.
+    Shape:
+        image_features and text_features ``(N, D)``; the output a scalar.
+    Returns:
+        The loss, a 0-d tensor (float32 for half features).
+    Example:
+        >>> import torch, crossent as ce
+        >>> import torch.nn.functional as F
+        >>> _ = torch.manual_seed(0)
+        >>> img, txt = F.normalize(torch.randn(4, 8), dim=1), F.normalize(torch.randn(4, 8), dim=1)
+        >>> z, pairs = 10.0 * img @ txt.T, torch.arange(4)
+        >>> torch.allclose(ce.clip_loss(img, txt, 10.0),
+        ...                (F.cross_entropy(z, pairs) + F.cross_entropy(z.T, pairs)) / 2)
+        True
 
-    Both directions come from one pass over the tiles: each tile gives the image rows'
-    and the text columns' statistics at once. Returns a 0-d tensor.
+    References:
+        Radford et al., "Learning Transferable Visual Models From Natural Language
+        Supervision", 2021.
     """
     opts = _options(memory_budget, tile_rows, tile_cols, backend, group, design)
 
@@ -214,7 +241,9 @@ def info_nce(query: torch.Tensor, positive_key: torch.Tensor, negative_keys: tor
              *, temperature=0.1, normalize: bool = True, group=None, design: str = "gather",
              memory_budget: int | None = None, tile_rows: int | None = None,
              tile_cols: int | None = None, backend: str = "auto") -> torch.Tensor:
-    """InfoNCE (Oord et al. 2018), one direction, in-batch negatives plus extra ones::
+    """InfoNCE, one direction, in-batch negatives plus extra ones.
+
+    ::
 
         keys = [positive_key ; negative_keys]                   (N + M, D)
         z_ij = <q_i, k_j> / temperature                           (cosine if ``normalize``)
@@ -222,8 +251,41 @@ def info_nce(query: torch.Tensor, positive_key: torch.Tensor, negative_keys: tor
 
     Query ``i``'s positive is ``positive_key[i]``; every other positive key and every
     row of ``negative_keys`` (``(M, D)``, shared by all queries) is a negative.
-    ``normalize=True`` (default) L2-normalises queries and keys first. ``temperature``:
-    a positive number or a one-element tensor (learnable). Returns a 0-d tensor.
+    ``normalize=True`` (default) L2-normalises queries and keys first.
+
+    Args:
+        query: the queries ``q``.
+        positive_key: ``positive_key[i]`` is query ``i``'s positive.
+        negative_keys: optional extra negatives, shared by all queries.
+        temperature: a positive number or a one-element tensor (learnable).
+        normalize: L2-normalise queries and keys first.
+        group: a ``torch.distributed`` process group; every rank passes its local batch
+            and gets the loss of the global batch (``None``: one process).
+        design: across ranks, ``'gather'`` or ``'ring'`` (see
+            :mod:`crossent.contrastive.sharded`).
+        memory_budget: bytes of score tiles (default
+            :data:`crossent.kernels.similarity.DEFAULT_MEMORY_BUDGET`).
+        tile_rows, tile_cols: an explicit tile shape.
+        backend: ``'auto'`` (Triton on CUDA when installed, else PyTorch), ``'torch'`` or
+            ``'triton'``.
+    Shape:
+        query and positive_key ``(N, D)``, negative_keys ``(M, D)``; the output a scalar.
+    Returns:
+        The loss, a 0-d tensor (float32 for half features).
+    Example:
+        >>> import torch, crossent as ce
+        >>> import torch.nn.functional as F
+        >>> _ = torch.manual_seed(0)
+        >>> q, k, neg = torch.randn(4, 8), torch.randn(4, 8), torch.randn(3, 8)
+        >>> keys = F.normalize(torch.cat([k, neg]), dim=1)
+        >>> z = F.normalize(q, dim=1) @ keys.T / 0.1
+        >>> torch.allclose(ce.info_nce(q, k, neg, temperature=0.1),
+        ...                F.cross_entropy(z, torch.arange(4)))
+        True
+
+    References:
+        Oord, Li & Vinyals, "Representation Learning with Contrastive Predictive Coding",
+        2018.
     """
     opts = _options(memory_budget, tile_rows, tile_cols, backend, group, design)
 
@@ -248,14 +310,44 @@ def info_nce(query: torch.Tensor, positive_key: torch.Tensor, negative_keys: tor
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, *, temperature=0.5, group=None,
             design: str = "gather", memory_budget: int | None = None, tile_rows: int | None = None,
             tile_cols: int | None = None, backend: str = "auto") -> torch.Tensor:
-    """SimCLR's NT-Xent (Chen et al. 2020) over the ``2N`` views::
+    """SimCLR's NT-Xent (normalised temperature-scaled cross-entropy) over the ``2N`` views.
+
+    ::
 
         v = normalize([z1 ; z2])                                  (2N, D)
         z_kl = <v_k, v_l> / temperature,   z_kk excluded
         loss = mean_k ( logsumexp_{l != k} z_kl - z_{k, k'} ),   k' = the other view of k
 
-    ``z1``, ``z2``: ``(N, D)``, the two augmented views of the same ``N`` samples.
-    Returns a 0-d tensor.
+    Args:
+        z1, z2: the two augmented views of the same ``N`` samples.
+        temperature: a positive number or a one-element tensor (learnable).
+        group: a ``torch.distributed`` process group; every rank passes its local batch
+            and gets the loss of the global batch (``None``: one process).
+        design: across ranks, ``'gather'`` or ``'ring'`` (see
+            :mod:`crossent.contrastive.sharded`).
+        memory_budget: bytes of score tiles (default
+            :data:`crossent.kernels.similarity.DEFAULT_MEMORY_BUDGET`).
+        tile_rows, tile_cols: an explicit tile shape.
+        backend: ``'auto'`` (Triton on CUDA when installed, else PyTorch), ``'torch'`` or
+            ``'triton'``.
+    Shape:
+        z1 and z2 ``(N, D)``; the output a scalar.
+    Returns:
+        The loss, a 0-d tensor (float32 for half features).
+    Example:
+        >>> import torch, crossent as ce
+        >>> import torch.nn.functional as F
+        >>> _ = torch.manual_seed(0)
+        >>> z1, z2 = torch.randn(4, 8), torch.randn(4, 8)
+        >>> v = F.normalize(torch.cat([z1, z2]), dim=1)
+        >>> z = (v @ v.T / 0.5).fill_diagonal_(float("-inf"))
+        >>> torch.allclose(ce.nt_xent(z1, z2, temperature=0.5),
+        ...                F.cross_entropy(z, (torch.arange(8) + 4) % 8))
+        True
+
+    References:
+        Chen et al., "A Simple Framework for Contrastive Learning of Visual
+        Representations", 2020.
     """
     opts = _options(memory_budget, tile_rows, tile_cols, backend, group, design)
 
@@ -276,17 +368,52 @@ def supcon_loss(features: torch.Tensor, labels: torch.Tensor | None = None, *, t
                 base_temperature: float = 0.07, group=None, design: str = "gather",
                 memory_budget: int | None = None, tile_rows: int | None = None,
                 tile_cols: int | None = None, backend: str = "auto") -> torch.Tensor:
-    """Supervised contrastive loss (Khosla et al. 2020), the reference code's conventions::
+    """Supervised contrastive loss (SupCon), with the reference code's conventions.
+
+    ::
 
         anchors a_k: every view of every sample, L2-normalised   (N*V, D), view-major
         z_kl = <a_k, a_l> / temperature,   z_kk excluded
         loss_k = -(temperature / base_temperature) * mean_{p in P(k)} log softmax_l(z_k.)_p
         loss = mean_k loss_k            (loss_k = 0 when P(k) is empty, still counted)
 
-    with ``P(k)`` the other anchors with ``k``'s label. ``features``: ``(N, D)`` (one
-    view) or ``(N, V, D, ...)`` (``V`` views, trailing dimensions flattened, anchors
-    ordered as the reference's ``torch.cat(torch.unbind(features, 1))``); ``labels``: ``(N,)`` integers, or None
-    (each sample its own class: SimCLR's positives, the other views). Returns a 0-d tensor.
+    with ``P(k)`` the other anchors with ``k``'s label.
+
+    Args:
+        features: one view ``(N, D)`` or ``V`` views ``(N, V, D, ...)`` (trailing
+            dimensions flattened, anchors ordered as the reference's
+            ``torch.cat(torch.unbind(features, 1))``).
+        labels: ``(N,)`` integers, or None (each sample its own class: SimCLR's
+            positives, the other views; not allowed across ranks).
+        temperature: a positive number or a one-element tensor (learnable).
+        base_temperature: the reference's rescaling constant.
+        group: a ``torch.distributed`` process group; every rank passes its local batch
+            and gets the loss of the global batch (``None``: one process).
+        design: across ranks, ``'gather'`` or ``'ring'`` (see
+            :mod:`crossent.contrastive.sharded`).
+        memory_budget: bytes of score tiles (default
+            :data:`crossent.kernels.similarity.DEFAULT_MEMORY_BUDGET`).
+        tile_rows, tile_cols: an explicit tile shape.
+        backend: ``'auto'`` (Triton on CUDA when installed, else PyTorch), ``'torch'`` or
+            ``'triton'``.
+    Shape:
+        features ``(N, D)`` or ``(N, V, D, ...)``, labels ``(N,)``; the output a scalar.
+    Returns:
+        The loss, a 0-d tensor (float32 for half features).
+    Example:
+        >>> import torch, crossent as ce
+        >>> import torch.nn.functional as F
+        >>> _ = torch.manual_seed(0)
+        >>> x, labels = torch.randn(6, 8), torch.tensor([0, 0, 1, 1, 2, 2])
+        >>> a = F.normalize(x, dim=1)
+        >>> log_p = (a @ a.T / 0.07).fill_diagonal_(float("-inf")).log_softmax(1)
+        >>> positive = (labels[:, None] == labels[None, :]) & ~torch.eye(6, dtype=torch.bool)
+        >>> ref = -(log_p.masked_fill(~positive, 0).sum(1) / positive.sum(1)).mean()
+        >>> torch.allclose(ce.supcon_loss(x, labels), ref)
+        True
+
+    References:
+        Khosla et al., "Supervised Contrastive Learning", 2020.
     """
     opts = _options(memory_budget, tile_rows, tile_cols, backend, group, design)
 
@@ -334,14 +461,46 @@ def siglip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit
                 logit_bias=None, *, group=None, design: str = "gather",
                 memory_budget: int | None = None, tile_rows: int | None = None,
                 tile_cols: int | None = None, backend: str = "auto") -> torch.Tensor:
-    """SigLIP's pairwise sigmoid loss (Zhai et al. 2023), normalised per image::
+    """SigLIP's pairwise sigmoid loss, normalised per image.
+
+    ::
 
         z_ij = logit_scale * <image_i, text_j> + logit_bias,   y_ij = +1 if i = j else -1
         loss = -(1/N) sum_ij log sigmoid(y_ij z_ij) = (1/N) sum_i ( sum_j softplus(z_ij) - z_ii )
 
     as open_clip's ``SigLipLoss`` (there ``N`` is the local batch; here, across ranks,
-    the global one). Features are used as given; ``logit_scale`` (already exponentiated)
-    and ``logit_bias`` are numbers or one-element tensors that receive gradients.
+    the global one).
+
+    Args:
+        image_features, text_features: used as given; pair ``i`` is the positive.
+        logit_scale: the multiplier, already exponentiated (a number or a one-element
+            tensor, which receives a gradient).
+        logit_bias: the additive bias (a number or a one-element tensor, which receives a
+            gradient); ``None``: 0.
+        group: a ``torch.distributed`` process group; every rank passes its local batch
+            and gets the loss of the global batch (``None``: one process).
+        design: across ranks, ``'gather'`` or ``'ring'`` (see
+            :mod:`crossent.contrastive.sharded`).
+        memory_budget: bytes of score tiles (default
+            :data:`crossent.kernels.similarity.DEFAULT_MEMORY_BUDGET`).
+        tile_rows, tile_cols: an explicit tile shape.
+        backend: ``'auto'`` (Triton on CUDA when installed, else PyTorch), ``'torch'`` or
+            ``'triton'``.
+    Shape:
+        image_features and text_features ``(N, D)``; the output a scalar.
+    Returns:
+        The loss, a 0-d tensor (float32 for half features).
+    Example:
+        >>> import torch, crossent as ce
+        >>> import torch.nn.functional as F
+        >>> _ = torch.manual_seed(0)
+        >>> img, txt = F.normalize(torch.randn(4, 8), dim=1), F.normalize(torch.randn(4, 8), dim=1)
+        >>> z, y = 10.0 * img @ txt.T - 5.0, 2 * torch.eye(4) - 1
+        >>> torch.allclose(ce.siglip_loss(img, txt, 10.0, -5.0), -F.logsigmoid(y * z).sum() / 4)
+        True
+
+    References:
+        Zhai et al., "Sigmoid Loss for Language Image Pre-Training", 2023.
     """
     opts = _options(memory_budget, tile_rows, tile_cols, backend, group, design)
 
@@ -394,12 +553,46 @@ def _check_world(module) -> None:
 class ClipLoss(_ContrastiveModule):
     """Drop-in for open_clip's ``ClipLoss``: same constructor and ``forward`` arguments.
 
+    ``forward(image_features, text_features, logit_scale, logit_bias=None,
+    output_dict=False)`` is :func:`crossent.clip_loss`::
+
+        loss = ( mean_i CE(z_i., i) + mean_j CE(z_.j, j) ) / 2,   z = logit_scale * I T^T
+
     ``local_loss`` / ``gather_with_grad`` choose how open_clip approximates the global
     loss; crossent always computes it exactly (the value is the global loss on every
     rank, gradients as one process holding the global batch after DDP's averaging), so
     they are accepted and only pick ``design='gather'`` unless ``design`` is given.
     ``cache_labels`` has nothing to cache. ``use_horovod=True`` is not supported.
     ``rank`` / ``world_size`` > 1 use the default process group (or ``group``).
+
+    Args:
+        local_loss, gather_with_grad, cache_labels: open_clip's; accepted (see above).
+        rank, world_size: this process's rank and the number of ranks (checked against the
+            process group in ``forward``).
+        use_horovod: must be False.
+        group, design, memory_budget, tile_rows, tile_cols, backend: as
+            :func:`crossent.clip_loss` (``design`` defaults to ``'gather'``).
+    Shape:
+        image_features and text_features ``(N, D)``; the output a scalar.
+    Returns:
+        ``forward`` returns the loss, or ``{"contrastive_loss": loss}`` with
+        ``output_dict=True``.
+    Example:
+        >>> import torch, crossent as ce
+        >>> import torch.nn.functional as F
+        >>> _ = torch.manual_seed(0)
+        >>> img, txt = F.normalize(torch.randn(4, 8), dim=1), F.normalize(torch.randn(4, 8), dim=1)
+        >>> loss_fn = ce.ClipLoss()
+        >>> loss_fn
+        ClipLoss(design='gather', backend='auto')
+        >>> torch.allclose(loss_fn(img, txt, 10.0), ce.clip_loss(img, txt, 10.0))
+        True
+        >>> list(loss_fn(img, txt, torch.tensor(10.0), output_dict=True))
+        ['contrastive_loss']
+
+    References:
+        Radford et al., "Learning Transferable Visual Models From Natural Language
+        Supervision", 2021; open_clip, ``open_clip.loss.ClipLoss``.
     """
 
     def __init__(self, local_loss: bool = False, gather_with_grad: bool = False,
@@ -422,10 +615,41 @@ class ClipLoss(_ContrastiveModule):
 class SigLipLoss(_ContrastiveModule):
     """Drop-in for open_clip's ``SigLipLoss``: same constructor and ``forward`` arguments.
 
+    ``forward(image_features, text_features, logit_scale, logit_bias=None,
+    output_dict=False)`` is :func:`crossent.siglip_loss`::
+
+        loss = -(1/N) sum_ij log sigmoid(y_ij z_ij),   z = logit_scale * I T^T + logit_bias
+
     ``dist_impl`` ``'bidir'`` / ``'shift'`` (neighbour exchanges) map to
     ``design='ring'``, ``'gather'`` / ``'reduce'`` to ``design='gather'``. Across ranks the
     value is normalised by the global batch (open_clip: the local one; equal on average
     when local batches are equal).
+
+    Args:
+        cache_labels: open_clip's; accepted, nothing to cache.
+        rank, world_size: this process's rank and the number of ranks.
+        dist_impl: ``'bidir'`` (default) | ``'shift'`` | ``'gather'`` | ``'reduce'``.
+        group, design, memory_budget, tile_rows, tile_cols, backend: as
+            :func:`crossent.siglip_loss` (``design`` overrides ``dist_impl``).
+    Shape:
+        image_features and text_features ``(N, D)``; the output a scalar.
+    Returns:
+        ``forward`` returns the loss, or ``{"contrastive_loss": loss}`` with
+        ``output_dict=True``.
+    Example:
+        >>> import torch, crossent as ce
+        >>> import torch.nn.functional as F
+        >>> _ = torch.manual_seed(0)
+        >>> img, txt = F.normalize(torch.randn(4, 8), dim=1), F.normalize(torch.randn(4, 8), dim=1)
+        >>> loss_fn = ce.SigLipLoss()
+        >>> loss_fn
+        SigLipLoss(design='ring', backend='auto')
+        >>> torch.allclose(loss_fn(img, txt, 10.0, -5.0), ce.siglip_loss(img, txt, 10.0, -5.0))
+        True
+
+    References:
+        Zhai et al., "Sigmoid Loss for Language Image Pre-Training", 2023; open_clip,
+        ``open_clip.loss.SigLipLoss``.
     """
 
     _DIST = {"bidir": "ring", "shift": "ring", "gather": "gather", "reduce": "gather"}
@@ -456,7 +680,32 @@ class _Simple(_ContrastiveModule):
 
 
 class InfoNCELoss(_Simple):
-    """:func:`info_nce` as a module; ``forward(query, positive_key, negative_keys=None)``."""
+    """:func:`info_nce` as a module; ``forward(query, positive_key, negative_keys=None)``.
+
+    ::
+
+        loss = mean_i ( logsumexp_j z_ij - z_ii ),   z_ij = <q_i, k_j> / temperature
+
+    Args:
+        temperature, normalize: as :func:`crossent.info_nce`.
+        **options: ``group``, ``design``, ``memory_budget``, ``tile_rows``, ``tile_cols``,
+            ``backend``, as :func:`crossent.info_nce`.
+    Shape:
+        query and positive_key ``(N, D)``, negative_keys ``(M, D)``; the output a scalar.
+    Returns:
+        ``forward`` returns the loss, a 0-d tensor.
+    Example:
+        >>> import torch, crossent as ce
+        >>> _ = torch.manual_seed(0)
+        >>> q, k, neg = torch.randn(4, 8), torch.randn(4, 8), torch.randn(3, 8)
+        >>> torch.allclose(ce.InfoNCELoss(temperature=0.1)(q, k, neg),
+        ...                ce.info_nce(q, k, neg, temperature=0.1))
+        True
+
+    References:
+        Oord, Li & Vinyals, "Representation Learning with Contrastive Predictive Coding",
+        2018.
+    """
 
     def __init__(self, temperature=0.1, normalize: bool = True, **options) -> None:
         super().__init__(**options)
@@ -468,7 +717,31 @@ class InfoNCELoss(_Simple):
 
 
 class NTXentLoss(_Simple):
-    """:func:`nt_xent` as a module; ``forward(z1, z2)``."""
+    """:func:`nt_xent` as a module; ``forward(z1, z2)``.
+
+    ::
+
+        loss = mean_k ( logsumexp_{l != k} z_kl - z_{k, k'} ),   z_kl = <v_k, v_l> / temperature
+
+    Args:
+        temperature: as :func:`crossent.nt_xent`.
+        **options: ``group``, ``design``, ``memory_budget``, ``tile_rows``, ``tile_cols``,
+            ``backend``, as :func:`crossent.nt_xent`.
+    Shape:
+        z1 and z2 ``(N, D)``; the output a scalar.
+    Returns:
+        ``forward`` returns the loss, a 0-d tensor.
+    Example:
+        >>> import torch, crossent as ce
+        >>> _ = torch.manual_seed(0)
+        >>> z1, z2 = torch.randn(4, 8), torch.randn(4, 8)
+        >>> torch.allclose(ce.NTXentLoss(temperature=0.5)(z1, z2), ce.nt_xent(z1, z2))
+        True
+
+    References:
+        Chen et al., "A Simple Framework for Contrastive Learning of Visual
+        Representations", 2020.
+    """
 
     def __init__(self, temperature=0.5, **options) -> None:
         super().__init__(**options)
@@ -479,7 +752,30 @@ class NTXentLoss(_Simple):
 
 
 class SupConLoss(_Simple):
-    """:func:`supcon_loss` as a module; ``forward(features, labels=None)``."""
+    """:func:`supcon_loss` as a module; ``forward(features, labels=None)``.
+
+    ::
+
+        loss_k = -(temperature / base_temperature) * mean_{p in P(k)} log softmax_l(z_k.)_p
+
+    Args:
+        temperature, base_temperature: as :func:`crossent.supcon_loss`.
+        **options: ``group``, ``design``, ``memory_budget``, ``tile_rows``, ``tile_cols``,
+            ``backend``, as :func:`crossent.supcon_loss`.
+    Shape:
+        features ``(N, D)`` or ``(N, V, D, ...)``, labels ``(N,)``; the output a scalar.
+    Returns:
+        ``forward`` returns the loss, a 0-d tensor.
+    Example:
+        >>> import torch, crossent as ce
+        >>> _ = torch.manual_seed(0)
+        >>> views, labels = torch.randn(6, 2, 8), torch.tensor([0, 0, 1, 1, 2, 2])
+        >>> torch.allclose(ce.SupConLoss()(views, labels), ce.supcon_loss(views, labels))
+        True
+
+    References:
+        Khosla et al., "Supervised Contrastive Learning", 2020.
+    """
 
     def __init__(self, temperature=0.07, base_temperature: float = 0.07, **options) -> None:
         super().__init__(**options)

@@ -66,9 +66,36 @@ def binary_cross_entropy(
 ) -> torch.Tensor:
     """Binary cross-entropy of probabilities ``p = input`` for labels ``y = target``.
 
-    ``loss = -w * (y * max(log p, -100) + (1 - y) * max(log(1 - p), -100))``, elementwise
-    then reduced ('mean' over all elements). Shapes: input and target identical, any
-    shape; ``weight`` broadcastable to it. Same as ``F.binary_cross_entropy``.
+    Elementwise, then reduced ('mean' over all elements); same as
+    ``F.binary_cross_entropy``, clamp of ``log`` at -100 included::
+
+        loss = -w * (y * max(log p, -100) + (1 - y) * max(log(1 - p), -100))
+
+    Args:
+        input: probabilities ``p`` in ``[0, 1]``.
+        target: labels ``y`` in ``[0, 1]`` (soft labels allowed), floating point.
+        weight: optional weight ``w``, broadcastable to ``input``.
+        size_average, reduce: PyTorch's deprecated reduction flags.
+        reduction: ``'none'`` | ``'mean'`` | ``'sum'``.
+    Shape:
+        input and target identical, any shape; the output is a scalar, or input-shaped
+        for ``'none'``.
+    Returns:
+        The loss (float32 for half input).
+    Example:
+        >>> import torch, crossent as ce
+        >>> p = torch.tensor([0.9, 0.2, 0.6])
+        >>> y = torch.tensor([1.0, 0.0, 1.0])
+        >>> round(ce.binary_cross_entropy(p, y).item(), 4)
+        0.2798
+        >>> torch.allclose(ce.binary_cross_entropy(p, y),
+        ...                torch.nn.functional.binary_cross_entropy(p, y))
+        True
+        >>> ce.binary_cross_entropy(torch.tensor([0.0]), torch.tensor([1.0]))  # the clamp
+        tensor(100.)
+
+    References:
+        PyTorch, ``torch.nn.functional.binary_cross_entropy``.
     """
     reduction = _reduction_of(size_average, reduce, reduction)
     _checks.check_floating("input", input)
@@ -100,15 +127,41 @@ def binary_cross_entropy_with_logits(
     reduction: str = "mean",
     pos_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Binary cross-entropy on logits ``x`` (sigmoid fused in), as
-    ``F.binary_cross_entropy_with_logits``::
+    """Binary cross-entropy on logits (the sigmoid fused in); as PyTorch's.
+
+    ::
 
         loss = w * ((1 - y) x + (1 + (pw - 1) y) * softplus(-x))
              = -w * (pw * y * log sigmoid(x) + (1 - y) * log(1 - sigmoid(x)))
 
-    ``pos_weight`` (``pw``) broadcasts along the last (class) dimension for multi-label
-    problems; ``weight`` broadcasts to the input. Never overflows: ``softplus(-x)`` is
-    computed as ``log1p(exp(-|x|)) + max(-x, 0)``.
+    Never overflows: ``softplus(-x)`` is computed as ``log1p(exp(-|x|)) + max(-x, 0)``.
+
+    Args:
+        input: logits ``x``.
+        target: labels ``y`` in ``[0, 1]``, floating point, ``input``'s size.
+        weight: optional weight ``w``, broadcastable to ``input``.
+        size_average, reduce: PyTorch's deprecated reduction flags.
+        reduction: ``'none'`` | ``'mean'`` | ``'sum'``.
+        pos_weight: optional weight ``pw`` of the positive term; broadcasts along the last
+            (class) dimension for multi-label problems.
+    Shape:
+        input and target the same size, any shape; the output is a scalar, or
+        input-shaped for ``'none'``.
+    Returns:
+        The loss (float32 for half input).
+    Example:
+        >>> import torch, crossent as ce
+        >>> x = torch.tensor([[2.0, -1.0], [0.5, 3.0]])
+        >>> y = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+        >>> pw = torch.tensor([2.0, 1.0])
+        >>> torch.allclose(ce.binary_cross_entropy_with_logits(x, y, pos_weight=pw),
+        ...                torch.nn.functional.binary_cross_entropy_with_logits(x, y, pos_weight=pw))
+        True
+        >>> ce.binary_cross_entropy_with_logits(torch.tensor([-200.0]), torch.tensor([1.0]))
+        tensor(200.)
+
+    References:
+        PyTorch, ``torch.nn.functional.binary_cross_entropy_with_logits``.
     """
     reduction = _reduction_of(size_average, reduce, reduction)
     _checks.check_floating("input", input)
@@ -136,7 +189,7 @@ def sigmoid_focal_loss(
     gamma: float = 2.0,
     reduction: str = "none",
 ) -> torch.Tensor:
-    """Sigmoid focal loss (Lin et al., "Focal Loss for Dense Object Detection", 2017).
+    """Sigmoid focal loss on logits, as ``torchvision.ops.sigmoid_focal_loss``.
 
     With ``p = sigmoid(x)``, ``p_t = p y + (1 - p)(1 - y)`` and
     ``alpha_t = alpha y + (1 - alpha)(1 - y)`` (no alpha term when ``alpha < 0``)::
@@ -144,6 +197,30 @@ def sigmoid_focal_loss(
         loss = alpha_t * (1 - p_t)^gamma * BCEWithLogits(x, y)
 
     Same defaults and semantics as ``torchvision.ops.sigmoid_focal_loss``.
+
+    Args:
+        input: logits ``x``.
+        target: labels ``y`` in ``[0, 1]``, ``input``'s size.
+        alpha: balance of positives against negatives; ``< 0``: no alpha term.
+        gamma: focusing exponent, ``>= 0`` (0 with ``alpha < 0`` is plain BCE).
+        reduction: ``'none'`` (the default, as torchvision) | ``'mean'`` | ``'sum'``.
+    Shape:
+        input and target the same size, any shape; the output input-shaped for
+        ``'none'``, a scalar otherwise.
+    Returns:
+        The loss (float32 for half input).
+    Example:
+        >>> import torch, crossent as ce
+        >>> x = torch.tensor([[2.0, -1.0], [0.5, 3.0]])
+        >>> y = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+        >>> round(ce.sigmoid_focal_loss(x, y, reduction="sum").item(), 4)
+        0.3005
+        >>> torch.allclose(ce.sigmoid_focal_loss(x, y, alpha=-1, gamma=0),
+        ...                torch.nn.functional.binary_cross_entropy_with_logits(x, y, reduction="none"))
+        True
+
+    References:
+        Lin et al., "Focal Loss for Dense Object Detection", 2017.
     """
     reduction = _checks.check_reduction(reduction)
     _checks.check_non_negative("gamma", gamma)

@@ -21,11 +21,47 @@ REDUCTIONS = ("none", "mean", "sum")
 
 
 class ArgumentError(ValueError, RuntimeError):
-    """A bad argument value (PyTorch would raise ``RuntimeError`` or ``ValueError``)."""
+    """A bad argument value (PyTorch would raise ``RuntimeError`` or ``ValueError``).
+
+    ::
+
+        ArgumentError  <:  ValueError, RuntimeError
+
+    Both bases, so code written for PyTorch's error (``except RuntimeError``) or for
+    Python's (``except ValueError``) catches it. The message names the argument, the
+    expected and the received value.
+
+    Example:
+        >>> import torch, crossent as ce
+        >>> try:
+        ...     ce.cross_entropy(torch.zeros(2, 3), torch.tensor([0, 1]), reduction="avg")
+        ... except ValueError as error:
+        ...     print(type(error).__name__, isinstance(error, RuntimeError))
+        ArgumentError True
+
+    References:
+        PyTorch, ``torch.nn.functional`` argument checks.
+    """
 
 
 class ArgumentTypeError(TypeError, RuntimeError):
-    """A bad argument dtype or type (PyTorch would raise ``RuntimeError``)."""
+    """A bad argument dtype or type (PyTorch would raise ``RuntimeError``).
+
+    ::
+
+        ArgumentTypeError  <:  TypeError, RuntimeError
+
+    Example:
+        >>> import torch, crossent as ce
+        >>> try:
+        ...     ce.cross_entropy(torch.zeros(2, 3), torch.tensor([0.0, 1.0]))
+        ... except TypeError as error:
+        ...     print(type(error).__name__, isinstance(error, RuntimeError))
+        ArgumentTypeError True
+
+    References:
+        PyTorch, ``torch.nn.functional`` argument checks.
+    """
 
 
 class UnsupportedDtypeError(ArgumentTypeError, NotImplementedError):
@@ -33,7 +69,22 @@ class UnsupportedDtypeError(ArgumentTypeError, NotImplementedError):
 
 
 class TargetIndexError(IndexError):
-    """A class index outside ``[0, C)`` that is not ``ignore_index``."""
+    """A class index outside ``[0, C)`` that is not ``ignore_index``.
+
+    ::
+
+        raised when  not (0 <= y_i < C)  and  y_i != ignore_index;   TargetIndexError <: IndexError
+
+    Example:
+        >>> import torch, crossent as ce
+        >>> ce.cross_entropy(torch.zeros(2, 3), torch.tensor([0, 5]))
+        Traceback (most recent call last):
+            ...
+        crossent.core.checks.TargetIndexError: Target 5 is out of bounds: ...
+
+    References:
+        PyTorch, ``torch.nn.functional.cross_entropy`` ("Target ... is out of bounds").
+    """
 
 
 def check_reduction(reduction: str, allowed: tuple[str, ...] = REDUCTIONS) -> str:

@@ -137,13 +137,55 @@ LOCAL_ERRORS = (ArgumentError, ArgumentTypeError, TargetIndexError, TypeError, V
 
 
 def rank_and_size(group) -> tuple[int, int]:
-    """This process's rank within ``group`` and the group's size."""
+    """This process's rank within ``group`` and the group's size.
+
+    ::
+
+        (rank, size) = (dist.get_rank(group), dist.get_world_size(group))
+
+    Args:
+        group: a ``torch.distributed`` process group (``dist.group.WORLD``: all ranks).
+    Returns:
+        ``(rank, size)``, two ints.
+    Example:
+        >>> import torch, torch.distributed as dist
+        >>> from crossent import distributed as D
+        >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        >>> g = dist.group.WORLD  # a one-rank group; every rank runs the same lines
+        >>> D.rank_and_size(g)
+        (0, 1)
+        >>> dist.destroy_process_group()
+
+    References:
+        PyTorch, ``torch.distributed``.
+    """
     return dist.get_rank(group), dist.get_world_size(group)
 
 
 def comm_device(group) -> torch.device:
-    """Where small metadata tensors travel: the current CUDA device for an NCCL-only
-    group, the CPU otherwise (Gloo, or a ``cpu:gloo,cuda:nccl`` group)."""
+    """Where small metadata tensors travel for ``group``: CUDA for NCCL-only, else the CPU.
+
+    ::
+
+        comm_device(group) = cuda:current   if the backend is NCCL only
+                             cpu            otherwise (Gloo, or ``cpu:gloo,cuda:nccl``)
+
+    Args:
+        group: a ``torch.distributed`` process group (``dist.group.WORLD``: all ranks).
+    Returns:
+        A ``torch.device``.
+    Example:
+        >>> import torch, torch.distributed as dist
+        >>> from crossent import distributed as D
+        >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        >>> g = dist.group.WORLD  # a one-rank group; every rank runs the same lines
+        >>> D.comm_device(g)
+        device(type='cpu')
+        >>> dist.destroy_process_group()
+
+    References:
+        PyTorch, ``torch.distributed`` backends.
+    """
     backend = str(dist.get_backend(group)).lower()
     if "nccl" in backend and "gloo" not in backend:
         return torch.device("cuda", torch.cuda.current_device())
@@ -161,7 +203,31 @@ def _global_rank(group, rank: int) -> int:
 
 @dataclass
 class Traffic:
-    """Calls and bytes this rank sent inside :func:`count_traffic` (ring model)."""
+    """Calls and bytes this rank sent inside :func:`count_traffic` (ring model).
+
+    ::
+
+        bytes_sent = sum of the bytes of every recorded call
+        all_gather: (W - 1) * bytes,  all_reduce: 2 (W - 1) / W * bytes,  send: bytes
+
+    Attributes:
+        calls: ``(operation, bytes sent)`` per collective, in order.
+        bytes_sent: their total (a property); ``by_op()`` sums them per operation.
+    Example:
+        >>> import torch, torch.distributed as dist
+        >>> from crossent import distributed as D
+        >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        >>> g = dist.group.WORLD  # a one-rank group; every rank runs the same lines
+        >>> with D.count_traffic() as traffic:
+        ...     _ = D.all_reduce(torch.ones(4), g)
+        >>> traffic.by_op()  # one rank sends nothing
+        {'all_reduce': 0}
+        >>> dist.destroy_process_group()
+
+    References:
+        Patarasuk & Yuan, "Bandwidth Optimal All-reduce Algorithms for Clusters of
+        Workstations", 2009 (the ring model's byte counts).
+    """
 
     calls: list[tuple[str, int]] = field(default_factory=list)  # (operation, bytes sent)
 
@@ -181,11 +247,32 @@ _TRAFFIC: list[Traffic] = []
 
 @contextlib.contextmanager
 def count_traffic() -> Iterator[Traffic]:
-    """Record the bytes this rank sends through this module's collectives::
+    """Record the bytes this rank sends through this module's collectives.
+
+    ::
 
         with distributed.count_traffic() as t:
             loss = ce.linear_cross_entropy(x, w, y, group=g); loss.backward()
         t.bytes_sent, t.by_op()
+
+    Args:
+        (none): a context manager; nesting records in every open one.
+    Returns:
+        A :class:`Traffic` that fills while the block runs.
+    Example:
+        >>> import torch, torch.distributed as dist
+        >>> from crossent import distributed as D
+        >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        >>> g = dist.group.WORLD  # a one-rank group; every rank runs the same lines
+        >>> with D.count_traffic() as traffic:
+        ...     _ = D.all_gather(torch.ones(2, 3), g)
+        >>> [op for op, _ in traffic.calls], traffic.bytes_sent
+        (['all_gather', 'all_gather'], 0)
+        >>> dist.destroy_process_group()
+
+    References:
+        Patarasuk & Yuan, "Bandwidth Optimal All-reduce Algorithms for Clusters of
+        Workstations", 2009 (the ring model's byte counts).
     """
     t = Traffic()
     _TRAFFIC.append(t)
@@ -227,7 +314,30 @@ def _raw_all_reduce(x: torch.Tensor, group, op=dist.ReduceOp.SUM) -> torch.Tenso
 
 
 def gather_sizes(n: int, group, device: torch.device | None = None) -> list[int]:
-    """Every rank's ``n`` (e.g. its first dimension), in rank order; one small all-gather."""
+    """Every rank's ``n`` (e.g. its first dimension), in rank order; one small all-gather.
+
+    ::
+
+        gather_sizes(n_r) = [n_0, n_1, ..., n_{W-1}]     (on every rank)
+
+    Args:
+        n: this rank's number.
+        group: a ``torch.distributed`` process group (``dist.group.WORLD``: all ranks).
+        device: where the exchange travels (default :func:`comm_device`).
+    Returns:
+        A list of ``W`` ints (a host synchronisation).
+    Example:
+        >>> import torch, torch.distributed as dist
+        >>> from crossent import distributed as D
+        >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        >>> g = dist.group.WORLD  # a one-rank group; every rank runs the same lines
+        >>> D.gather_sizes(3, g)
+        [3]
+        >>> dist.destroy_process_group()
+
+    References:
+        PyTorch, ``torch.distributed.all_gather``.
+    """
     device = comm_device(group) if device is None else device
     mine = torch.tensor([int(n)], dtype=torch.int64, device=device)
     return [int(t.item()) for t in _raw_all_gather(mine, group)]
@@ -242,8 +352,32 @@ def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 def gather_uneven(x: torch.Tensor, group, sizes: Sequence[int] | None = None) -> list[torch.Tensor]:
-    """Every rank's ``x`` (first dimensions may differ; the others must agree), in rank
-    order, without autograd. ``sizes`` (from :func:`gather_sizes`) saves one exchange."""
+    """Every rank's ``x``, first dimensions possibly different, in rank order, without autograd.
+
+    ::
+
+        gather_uneven(x_r) = [x_0, x_1, ..., x_{W-1}]   (padded to the largest, trimmed)
+
+    Args:
+        x: this rank's tensor.
+        group: a ``torch.distributed`` process group (``dist.group.WORLD``: all ranks).
+        sizes: every rank's ``x.shape[0]`` (from :func:`gather_sizes`), saving one exchange.
+    Shape:
+        ``x`` ``(n_r, *rest)``, ``rest`` equal on every rank; part ``k`` ``(n_k, *rest)``.
+    Returns:
+        A list of ``W`` detached tensors.
+    Example:
+        >>> import torch, torch.distributed as dist
+        >>> from crossent import distributed as D
+        >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        >>> g = dist.group.WORLD  # a one-rank group; every rank runs the same lines
+        >>> [part.shape for part in D.gather_uneven(torch.zeros(3, 2), g)]
+        [torch.Size([3, 2])]
+        >>> dist.destroy_process_group()
+
+    References:
+        PyTorch, ``torch.distributed.all_gather``.
+    """
     sizes = list(sizes) if sizes is not None else gather_sizes(x.shape[0], group, x.device)
     parts = _raw_all_gather(_pad_rows(x.detach(), max(sizes)), group)
     return [p[:n] for p, n in zip(parts, sizes)]
@@ -294,10 +428,40 @@ def all_gather(x: torch.Tensor, group, *, sizes: Sequence[int] | None = None,
                convention: str = DATA_PARALLEL) -> torch.Tensor:
     """Concatenation (dim 0, rank order) of every rank's ``x``; first dimensions may differ.
 
+    ::
+
+        all_gather(x_r) = cat([x_0, ..., x_{W-1}])
+        backward, data_parallel:   g_r = sum_k (dL_k / dX)[rows of r]   (reduce-scatter)
+        backward, tensor_parallel: g_r = (dL_r / dX)[rows of r]
+
     Differentiable: with ``convention='data_parallel'`` the backward is the true adjoint,
     a reduce-scatter (rank ``r`` receives the sum over ranks of the gradient of its rows);
     with ``'tensor_parallel'`` it keeps this rank's rows of its own gradient. See the
-    module docstring for which to use. ``sizes``: every rank's ``x.shape[0]`` when known.
+    module docstring for which to use.
+
+    Args:
+        x: this rank's tensor.
+        group: a ``torch.distributed`` process group (``dist.group.WORLD``: all ranks).
+        sizes: every rank's ``x.shape[0]`` when known.
+        convention: ``'data_parallel'`` (:data:`DATA_PARALLEL`) or ``'tensor_parallel'``.
+    Shape:
+        ``x`` ``(n_r, *rest)``; the output ``(sum_k n_k, *rest)``.
+    Returns:
+        The concatenation (a new tensor).
+    Example:
+        >>> import torch, torch.distributed as dist
+        >>> from crossent import distributed as D
+        >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        >>> g = dist.group.WORLD  # a one-rank group; every rank runs the same lines
+        >>> x = torch.ones(3, 2, requires_grad=True)
+        >>> D.all_gather(x, g).sum().backward()
+        >>> x.grad.shape
+        torch.Size([3, 2])
+        >>> dist.destroy_process_group()
+
+    References:
+        Shoeybi et al., "Megatron-LM: Training Multi-Billion Parameter Language Models
+        Using Model Parallelism", 2019.
     """
     _check_convention(convention)
     sizes = list(sizes) if sizes is not None else gather_sizes(x.shape[0], group, x.device)
@@ -320,10 +484,35 @@ class _AllReduce(torch.autograd.Function):
 
 
 def all_reduce(x: torch.Tensor, group, *, convention: str = DATA_PARALLEL) -> torch.Tensor:
-    """``sum_k x_k`` on every rank (a new tensor; ``x`` is not modified).
+    """The sum over ranks of ``x``, on every rank (a new tensor; ``x`` is not modified).
+
+    ::
+
+        all_reduce(x_r) = sum_k x_k
 
     Backward: all-reduce-sum (``'data_parallel'``, the true adjoint) or the identity
     (``'tensor_parallel'``, Megatron's ``reduce_from_tensor_model_parallel_region``).
+
+    Args:
+        x: this rank's tensor (the same shape on every rank).
+        group: a ``torch.distributed`` process group (``dist.group.WORLD``: all ranks).
+        convention: ``'data_parallel'`` or ``'tensor_parallel'``.
+    Shape:
+        the output has ``x``'s shape.
+    Returns:
+        The sum.
+    Example:
+        >>> import torch, torch.distributed as dist
+        >>> from crossent import distributed as D
+        >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        >>> g = dist.group.WORLD  # a one-rank group; every rank runs the same lines
+        >>> D.all_reduce(torch.tensor([1.0, 2.0]), g)
+        tensor([1., 2.])
+        >>> dist.destroy_process_group()
+
+    References:
+        Shoeybi et al., "Megatron-LM: Training Multi-Billion Parameter Language Models
+        Using Model Parallelism", 2019.
     """
     _check_convention(convention)
     if torch.is_grad_enabled() and x.requires_grad:
@@ -345,9 +534,33 @@ class _ReplicatedInput(torch.autograd.Function):
 def replicated_input(x: torch.Tensor, group) -> torch.Tensor:
     """Tensor parallel: ``x`` (the same on every rank) as the input of sharded work.
 
+    ::
+
+        forward: y = x;    backward: g_x = sum_k g_k
+
     Forward: identity. Backward: the sum over ranks of the partial gradients each rank's
     shard produced (an all-reduce), so every rank's ``x`` gets the full gradient
     (Megatron's ``copy_to_tensor_model_parallel_region``).
+
+    Args:
+        x: the replicated tensor.
+        group: a ``torch.distributed`` process group (``dist.group.WORLD``: all ranks).
+    Returns:
+        ``x`` itself in the forward (a new autograd node when it requires grad).
+    Example:
+        >>> import torch, torch.distributed as dist
+        >>> from crossent import distributed as D
+        >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        >>> g = dist.group.WORLD  # a one-rank group; every rank runs the same lines
+        >>> x = torch.ones(2, requires_grad=True)
+        >>> D.replicated_input(x, g).sum().backward()
+        >>> x.grad
+        tensor([1., 1.])
+        >>> dist.destroy_process_group()
+
+    References:
+        Shoeybi et al., "Megatron-LM: Training Multi-Billion Parameter Language Models
+        Using Model Parallelism", 2019.
     """
     if torch.is_grad_enabled() and x.requires_grad:
         return _ReplicatedInput.apply(x, group)
@@ -366,7 +579,28 @@ class _ScaleGrad(torch.autograd.Function):
 
 
 def scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
-    """Identity forward; the gradient times ``factor`` backward (see "Mixing them")."""
+    """Identity forward; the gradient times ``factor`` backward (see "Mixing them").
+
+    ::
+
+        forward: y = x;    backward: g_x = factor * g_y
+
+    Args:
+        x: any tensor.
+        factor: the gradient's multiplier.
+    Returns:
+        ``x`` (a new autograd node when it requires grad).
+    Example:
+        >>> import torch
+        >>> from crossent import distributed as D
+        >>> x = torch.ones(2, requires_grad=True)
+        >>> D.scale_grad(x, 0.5).sum().backward()
+        >>> x.grad
+        tensor([0.5000, 0.5000])
+
+    References:
+        See the module docstring ("Two autograd conventions").
+    """
     if torch.is_grad_enabled() and x.requires_grad:
         return _ScaleGrad.apply(x, float(factor))
     return x
@@ -390,14 +624,20 @@ def check_agreement(context: str, group, *, same: Mapping[str, Any],
                     error: BaseException | None = None) -> list[dict]:
     """Exchange a metadata record; raise the same error on every rank unless all agree.
 
+    ::
+
+        records = all_gather({same, each, error})
+        raise if any error, or if same_r != same_0 for some rank r; else [each_0, ...]
+
     Args:
         context: names the call in messages, e.g. ``"crossent.cross_entropy(group=...)"``.
         same: JSON-able fields that must be equal on every rank (shapes' fixed dims,
             dtype as a string, options, ...).
         each: JSON-able fields that may differ (e.g. this rank's class count); returned.
         error: the exception this rank's own argument checks raised, if any.
-
-    Returns every rank's ``each`` record, in rank order.
+        group: a ``torch.distributed`` process group.
+    Returns:
+        Every rank's ``each`` record, in rank order.
 
     Raises, on every rank: if every rank reported the *same* local error, that error
     (its own type, as without ``group``); if some ranks reported errors, an
@@ -405,6 +645,18 @@ def check_agreement(context: str, group, *, same: Mapping[str, Any],
     differs, an ``ArgumentError`` naming each field and every rank's value.
 
     Cost: two small all-gathers (sizes, then the JSON bytes) and a host synchronisation.
+
+    Example:
+        >>> import torch, torch.distributed as dist
+        >>> from crossent import distributed as D
+        >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        >>> g = dist.group.WORLD  # a one-rank group; every rank runs the same lines
+        >>> D.check_agreement("demo", g, same={"dim": 8}, each={"classes": 5})
+        [{'classes': 5}]
+        >>> dist.destroy_process_group()
+
+    References:
+        See the module docstring.
     """
     rank, size = rank_and_size(group)
     record = {"same": dict(same), "each": dict(each or {}),
@@ -438,9 +690,31 @@ def check_agreement(context: str, group, *, same: Mapping[str, Any],
 
 
 def check_replicated(context: str, name: str, tensor: torch.Tensor, group) -> None:
-    """Raise the same :class:`~crossent.ArgumentError` on every rank unless the integer
-    ``tensor`` (same shape on every rank, e.g. class-index targets) holds the same values
-    everywhere. One all-reduce (MAX) of ``2 * numel`` int64 values; a host synchronisation.
+    """Raise the same :class:`~crossent.ArgumentError` on every rank unless an integer tensor is replicated.
+
+    ::
+
+        max_k t_k == -max_k (-t_k)   elementwise   (one all-reduce of [t, -t])
+
+    One all-reduce (MAX) of ``2 * numel`` int64 values; a host synchronisation.
+
+    Args:
+        context: names the call in messages.
+        name: the argument's name in messages.
+        tensor: an integer tensor, the same shape on every rank (e.g. class-index targets).
+        group: a ``torch.distributed`` process group (``dist.group.WORLD``: all ranks).
+    Returns:
+        None; raises :class:`~crossent.ArgumentError` on every rank when values differ.
+    Example:
+        >>> import torch, torch.distributed as dist
+        >>> from crossent import distributed as D
+        >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        >>> g = dist.group.WORLD  # a one-rank group; every rank runs the same lines
+        >>> D.check_replicated("demo", "target", torch.tensor([1, 2]), g)  # agrees: no error
+        >>> dist.destroy_process_group()
+
+    References:
+        See the module docstring.
     """
     flat = tensor.reshape(-1).to(torch.int64)
     both = _raw_all_reduce(torch.cat([flat, -flat]), group, op=dist.ReduceOp.MAX)
@@ -476,17 +750,50 @@ def merge_row_stats(stats: _stats.RowStats, group, *, col_offset: int = 0,
                     sums: Sequence[torch.Tensor] = ()) -> tuple[_stats.RowStats, list[torch.Tensor]]:
     """Per-row statistics of every rank's class shard, merged: the statistics of all classes.
 
-    ``stats`` (:class:`crossent._stats.RowStats`, ``(N,)`` each, the same ``N`` and the
+    ::
+
+        m = max_r m_r,   s = sum_r s_r exp(m_r - m),   dot = sum_r dot_r
+        lse = m + log s
+
+    ``stats`` (:class:`crossent.core.stats.RowStats`, ``(N,)`` each, the same ``N`` and the
     same optional fields on every rank) describes this rank's classes, global columns
     ``[col_offset, col_offset + C_r)`` (shards contiguous in rank order); its ``argmax``
     is local (``col_offset`` is added). ``sums``: more tensors (any shape, the same on
     every rank) to be summed across ranks, e.g. partial target masses.
 
     One all-gather of the packed bytes (about ``(3 + 2 + len(sums)) * N`` numbers); then
-    every rank folds the ``W`` states in rank order with :func:`crossent._stats.merge`,
+    every rank folds the ``W`` states in rank order with :func:`crossent.core.stats.merge`,
     exactly as tiles are merged, so the result has the same bits on every rank and the
     argmax ties go to the lowest global index. No autograd (the chain rule of the merge,
     ``d lse / d lse_r = exp(lse_r - lse)``, is the caller's).
+
+    Args:
+        stats: this shard's ``RowStats``.
+        group: a ``torch.distributed`` process group (``dist.group.WORLD``: all ranks).
+        col_offset: this shard's first global column.
+        sums: more tensors to sum across ranks.
+    Shape:
+        each field of ``stats`` ``(N,)``; the merged fields ``(N,)``.
+    Returns:
+        ``(merged RowStats, summed sums)``.
+    Example:
+        >>> import torch, torch.distributed as dist
+        >>> from crossent import distributed as D
+        >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        >>> g = dist.group.WORLD  # a one-rank group; every rank runs the same lines
+        >>> from crossent.core.stats import RowStats, logsumexp
+        >>> z = torch.tensor([[1.0, 2.0, 3.0], [0.5, 0.0, -1.0]])
+        >>> m = z.amax(1)
+        >>> target_score = z.gather(1, torch.tensor([[0], [1]])).squeeze(1)
+        >>> mine = RowStats(m, (z - m[:, None]).exp().sum(1), target_score, None, z.argmax(1))
+        >>> merged, _ = D.merge_row_stats(mine, g, col_offset=4)
+        >>> torch.allclose(logsumexp(merged), torch.logsumexp(z, 1)), merged.argmax
+        (True, tensor([6, 4]))
+        >>> dist.destroy_process_group()
+
+    References:
+        Milakov & Gimelshein, "Online normalizer calculation for softmax", 2018 (the
+        merge).
     """
     local = [stats.max, stats.sumexp, stats.dot]
     if stats.zexp is not None:
@@ -512,10 +819,40 @@ def merge_row_stats(stats: _stats.RowStats, group, *, col_offset: int = 0,
 
 
 def ring_exchange(send: torch.Tensor, recv: torch.Tensor, group, *, direction: int = 1) -> list:
-    """Start sending ``send`` to rank ``r + direction`` and receiving ``recv`` from rank
+    """Start one ring step: send ``send`` to the next rank, receive ``recv`` from the previous.
+
+    Sends to rank ``r + direction`` and receives from rank
     ``r - direction`` (mod ``W``); returns the works, ``.wait()`` them before using
     ``recv`` (and before writing ``send``). One ``batch_isend_irecv``, so NCCL's paired
     send/receive cannot deadlock; on Gloo, two asynchronous point-to-point calls.
+
+    ::
+
+        rank r:  send -> rank (r + direction) mod W,   recv <- rank (r - direction) mod W
+
+    Args:
+        send: the contiguous tensor to send.
+        recv: the contiguous tensor to receive into (the peer's ``send``'s shape).
+        group: a ``torch.distributed`` process group (``dist.group.WORLD``: all ranks).
+        direction: 1 or -1.
+    Returns:
+        The list of works to ``.wait()``.
+    Example:
+        Two or more ranks exchange (one rank has no peer); the arguments are checked first:
+
+        >>> import torch, torch.distributed as dist
+        >>> from crossent import distributed as D
+        >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        >>> g = dist.group.WORLD  # a one-rank group; every rank runs the same lines
+        >>> D.ring_exchange(torch.ones(1), torch.empty(1), g, direction=2)
+        Traceback (most recent call last):
+            ...
+        crossent.core.checks.ArgumentError: direction must be 1 or -1, got 2
+        >>> dist.destroy_process_group()
+
+    References:
+        Liu et al., "Ring Attention with Blockwise Transformers for Near-Infinite
+        Context", 2023 (the ring pass).
     """
     rank, size = rank_and_size(group)
     if direction not in (1, -1):
@@ -541,6 +878,30 @@ def ring_blocks(x: torch.Tensor, group, *, sizes: Sequence[int] | None = None,
     exchanged here when omitted); the other dimensions must agree. No autograd: a
     differentiable ring (Inf-CL style) passes gradients back with the same helpers.
     The caller must consume all ``W`` steps on every rank.
+
+    ::
+
+        step s yields (source, x_source),   source = (r - s * direction) mod W
+
+    Args:
+        x: this rank's block.
+        group: a ``torch.distributed`` process group (``dist.group.WORLD``: all ranks).
+        sizes: every rank's ``x.shape[0]``.
+        direction: 1 or -1.
+    Returns:
+        An iterator of ``(source rank, block)``.
+    Example:
+        >>> import torch, torch.distributed as dist
+        >>> from crossent import distributed as D
+        >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        >>> g = dist.group.WORLD  # a one-rank group; every rank runs the same lines
+        >>> [(source, block.tolist()) for source, block in D.ring_blocks(torch.tensor([[1.0, 2.0]]), g)]
+        [(0, [[1.0, 2.0]])]
+        >>> dist.destroy_process_group()
+
+    References:
+        Chen et al., "Breaking the Memory Barrier: Near Infinite Batch Size Scaling for
+        Contrastive Loss" (Inf-CL), 2024.
     """
     rank, size = rank_and_size(group)
     sizes = list(sizes) if sizes is not None else gather_sizes(x.shape[0], group, x.device)

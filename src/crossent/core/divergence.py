@@ -41,10 +41,39 @@ def kl_div(
     reduction: str = "mean",
     log_target: bool = False,
 ) -> torch.Tensor:
-    """Kullback-Leibler divergence ``KL(target || exp(input))``, elementwise then reduced.
+    """Kullback-Leibler divergence ``KL(target || exp(input))``; as ``F.kl_div``.
 
-    ``loss = target * (log(target) - input)`` (``exp(target) * (target - input)`` with
-    ``log_target``). Shapes: input and target broadcast (as in PyTorch); any shape.
+    ::
+
+        loss = target * (log(target) - input)            (0 log 0 = 0)
+        loss = exp(target) * (target - input)            (log_target=True)
+
+    'batchmean' divides the sum by the batch size (the KL per example); 'mean' divides by
+    the number of elements and warns, as PyTorch does.
+
+    Args:
+        input: log-probabilities of the model ``p``.
+        target: probabilities ``q`` (log-probabilities with ``log_target=True``).
+        size_average, reduce: PyTorch's deprecated reduction flags.
+        reduction: ``'none'`` | ``'mean'`` | ``'sum'`` | ``'batchmean'``.
+        log_target: whether ``target`` holds log-probabilities.
+    Shape:
+        input and target broadcast (as in PyTorch), any shape; the output is a scalar, or
+        the broadcast shape for ``'none'``.
+    Returns:
+        The divergence (float32 for half inputs).
+    Example:
+        >>> import torch, crossent as ce
+        >>> log_p = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]]).log()
+        >>> q = torch.tensor([[0.4, 0.4, 0.2], [0.2, 0.2, 0.6]])
+        >>> round(ce.kl_div(log_p, q, reduction="batchmean").item(), 4)
+        0.0652
+        >>> torch.allclose(ce.kl_div(log_p, q, reduction="batchmean"),
+        ...                torch.nn.functional.kl_div(log_p, q, reduction="batchmean"))
+        True
+
+    References:
+        Kullback & Leibler, "On Information and Sufficiency", 1951.
     """
     if size_average is not None or reduce is not None:
         reduction = _legacy.legacy_get_string(size_average, reduce)
@@ -77,10 +106,34 @@ def js_div(
 ) -> torch.Tensor:
     """Jensen-Shannon divergence between ``p = exp(input)`` and the target ``q``.
 
-    ``JS(p, q) = KL(p || m) / 2 + KL(q || m) / 2`` with ``m = (p + q) / 2``, elementwise
-    terms then reduced like :func:`kl_div` (summed over the last dimension for 'none').
-    Symmetric, finite, at most ``log 2`` per distribution (Lin 1991). ``input`` holds
-    log-probabilities; ``target`` probabilities (log-probabilities with ``log_target``).
+    ::
+
+        JS(p, q) = KL(p || m) / 2 + KL(q || m) / 2,    m = (p + q) / 2
+
+    Elementwise terms then reduced like :func:`kl_div` (summed over the last dimension
+    for 'none'). Symmetric, finite, at most ``log 2`` per distribution (Lin 1991).
+
+    Args:
+        input: log-probabilities of ``p``.
+        target: probabilities ``q`` (log-probabilities with ``log_target=True``).
+        reduction: ``'none'`` | ``'mean'`` | ``'sum'`` | ``'batchmean'`` (the default).
+        log_target: whether ``target`` holds log-probabilities.
+    Shape:
+        input and target ``(..., C)``, the distributions along the last dimension; the
+        output ``(...)`` for ``'none'``, a scalar otherwise.
+    Returns:
+        The divergence in nats (float32 for half inputs).
+    Example:
+        >>> import torch, crossent as ce
+        >>> log_p = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]]).log()
+        >>> q = torch.tensor([[0.4, 0.4, 0.2], [0.2, 0.2, 0.6]])
+        >>> ce.js_div(log_p, q, reduction="none")
+        tensor([0.0064, 0.0242])
+        >>> ce.js_div(torch.tensor([[0.0, -float("inf")]]), torch.tensor([[0.0, 1.0]]))  # log 2
+        tensor(0.6931)
+
+    References:
+        Lin, "Divergence Measures Based on the Shannon Entropy", 1991.
     """
     _checks.check_reduction(reduction, _KL_REDUCTIONS)
     _checks.check_floating("input", input)
@@ -112,8 +165,7 @@ def distillation_loss(
     reduction: str = "batchmean",
     ignore_index: int = -100,
 ) -> torch.Tensor:
-    """Knowledge distillation (Hinton, Vinyals & Dean, "Distilling the Knowledge in a
-    Neural Network", 2015).
+    """Knowledge distillation: temperature-softened KL to a teacher, plus optional hard-label CE.
 
     With ``q = softmax(teacher / T)`` (no gradient to the teacher) and
     ``p = softmax(student / T)``::
@@ -126,6 +178,36 @@ def distillation_loss(
     cross-entropy's 'mean'), 'sum' sums, 'none' returns per-row losses.
     The soft term runs on the cross-entropy core (``logit_scale = 1/T`` and a probability
     target), so no ``N x C`` log-softmax is kept for the backward.
+
+    Args:
+        student_logits: the student's logits (gets the gradient).
+        teacher_logits: the teacher's logits (detached).
+        target: optional ``(N,)`` class indices for the hard term.
+        temperature: ``T > 0``.
+        alpha: weight of the soft term in ``[0, 1]`` (used only with ``target``).
+        reduction: ``'none'`` | ``'sum'`` | ``'batchmean'``.
+        ignore_index: target value whose rows the hard term ignores.
+    Shape:
+        logits ``(N, C)``, target ``(N,)``; the output ``(N,)`` for ``'none'``, a scalar
+        otherwise.
+    Returns:
+        The loss (float32 for half input).
+    Example:
+        >>> import torch, crossent as ce
+        >>> import torch.nn.functional as F
+        >>> _ = torch.manual_seed(0)
+        >>> student, teacher = torch.randn(4, 5), torch.randn(4, 5)
+        >>> soft = 2.0**2 * F.kl_div(F.log_softmax(student / 2, 1), F.softmax(teacher / 2, 1),
+        ...                          reduction="batchmean")
+        >>> torch.allclose(ce.distillation_loss(student, teacher, temperature=2.0), soft)
+        True
+        >>> y = torch.tensor([0, 3, 1, 4])
+        >>> torch.allclose(ce.distillation_loss(student, teacher, y, temperature=2.0, alpha=0.7),
+        ...                0.7 * soft + 0.3 * F.cross_entropy(student, y))
+        True
+
+    References:
+        Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network", 2015.
     """
     _checks.check_reduction(reduction, ("none", "sum", "batchmean"))
     temperature = _checks.check_positive("temperature", temperature, allow_none=False)

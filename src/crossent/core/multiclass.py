@@ -1,7 +1,7 @@
 """Multi-class losses on logits: softmax, log-softmax, NLL and cross-entropy.
 
 Signatures and semantics are those of ``torch.nn.functional``; the cross-entropy runs
-on the shared softmax-statistics core (:mod:`crossent._core`), so its backward keeps no
+on the shared softmax-statistics core (:mod:`crossent.core.statistics`), so its backward keeps no
 ``N x C`` buffer, and it adds what PyTorch lacks: z-loss, logit soft-capping, a logit
 scale (inverse temperature), per-row statistics, and a NaN-free 'mean' when every
 target is ignored.
@@ -33,10 +33,36 @@ __all__ = [
 
 def softmax(input: torch.Tensor, dim: int | None = None, _stacklevel: int = 3,
             dtype: torch.dtype | None = None) -> torch.Tensor:
-    """``softmax(x)_i = exp(x_i) / sum_j exp(x_j)`` along ``dim``; as ``F.softmax``.
+    """Softmax along ``dim``; as ``F.softmax``.
+
+    ::
+
+        softmax(x)_i = exp(x_i) / sum_j exp(x_j)
 
     Delegates to PyTorch's fused kernel (which already subtracts the row max); kept here
     so the whole family is one import. See :func:`crossent.reference.softmax`.
+
+    Args:
+        input: floating-point tensor (an integer one needs ``dtype``).
+        dim: the dimension to normalise over (``None``: PyTorch's legacy choice, with
+            its warning).
+        dtype: cast ``input`` to this dtype first (as ``F.softmax``).
+    Shape:
+        any; the output has ``input``'s shape.
+    Returns:
+        The probabilities, summing to 1 along ``dim``.
+    Example:
+        >>> import torch, crossent as ce
+        >>> x = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]])
+        >>> ce.softmax(x, dim=1)
+        tensor([[0.2312, 0.6285, 0.1402],
+                [0.0466, 0.0171, 0.9362]])
+        >>> torch.allclose(ce.softmax(x, dim=1), torch.nn.functional.softmax(x, dim=1))
+        True
+
+    References:
+        Bridle, "Probabilistic Interpretation of Feedforward Classification Network
+        Outputs, with Relationships to Statistical Pattern Recognition", 1990.
     """
     if dtype is None:
         _checks.check_floating("input", input)
@@ -45,10 +71,30 @@ def softmax(input: torch.Tensor, dim: int | None = None, _stacklevel: int = 3,
 
 def log_softmax(input: torch.Tensor, dim: int | None = None, _stacklevel: int = 3,
                 dtype: torch.dtype | None = None) -> torch.Tensor:
-    """``log_softmax(x)_i = x_i - logsumexp(x)`` along ``dim``; as ``F.log_softmax``.
+    """Log-softmax along ``dim``; as ``F.log_softmax``.
+
+    ::
+
+        log_softmax(x)_i = x_i - logsumexp(x)
 
     The log-sum-exp form never overflows, unlike ``log(softmax(x))`` which gives
     ``-inf``/NaN once a logit difference passes ~88 (float32) or ~709 (float64).
+
+    Args:
+        input: floating-point tensor (an integer one needs ``dtype``).
+        dim: the dimension to normalise over.
+        dtype: cast ``input`` to this dtype first (as ``F.log_softmax``).
+    Shape:
+        any; the output has ``input``'s shape.
+    Returns:
+        The log-probabilities along ``dim``.
+    Example:
+        >>> import torch, crossent as ce
+        >>> ce.log_softmax(torch.tensor([1000.0, 0.0]), dim=0)  # log(softmax) would be -inf
+        tensor([    0., -1000.])
+
+    References:
+        See :func:`crossent.reference.log_softmax` for the float64 definition.
     """
     if dtype is None:
         _checks.check_floating("input", input)
@@ -119,11 +165,38 @@ def nll_loss(
 ) -> torch.Tensor:
     """Negative log-likelihood of class indices given log-probabilities; as ``F.nll_loss``.
 
-    ``loss_i = -w[y_i] * input[i, y_i]`` (0 where ``y_i == ignore_index``); 'mean'
-    divides by ``sum_i w[y_i]`` over non-ignored rows.
+    ::
 
-    Shapes: input ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dK)`` of log-probabilities;
-    target ``()``, ``(N,)`` or ``(N, d1, ..., dK)`` int64/uint8 class indices.
+        loss_i = -w[y_i] * input[i, y_i]        (0 where y_i == ignore_index)
+
+    'mean' divides by ``sum_i w[y_i]`` over non-ignored rows.
+
+    Args:
+        input: log-probabilities (e.g. from :func:`log_softmax`).
+        target: class indices (int64 or uint8).
+        weight: optional ``(C,)`` class weights ``w``.
+        size_average, reduce: PyTorch's deprecated reduction flags (mapped to
+            ``reduction``).
+        ignore_index: target value whose rows contribute nothing (nor to the mean).
+        reduction: ``'none'`` | ``'mean'`` | ``'sum'``.
+        all_ignored: ``'nan'`` (PyTorch's 0/0 when every target is ignored) or ``'zero'``.
+    Shape:
+        input ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dK)``; target ``()``, ``(N,)`` or
+        ``(N, d1, ..., dK)``; the output is a scalar, or target-shaped for ``'none'``.
+    Returns:
+        The loss, in the accumulation dtype (float32 for half input).
+    Example:
+        >>> import torch, crossent as ce
+        >>> x = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]])
+        >>> y = torch.tensor([1, 2])
+        >>> round(ce.nll_loss(ce.log_softmax(x, dim=1), y).item(), 4)
+        0.2651
+        >>> torch.allclose(ce.nll_loss(x.log_softmax(1), y),
+        ...                torch.nn.functional.nll_loss(x.log_softmax(1), y))
+        True
+
+    References:
+        PyTorch, ``torch.nn.functional.nll_loss``.
     """
     reduction = _checks.check_reduction(_legacy_reduction(size_average, reduce, reduction))
     _check_input(input)
@@ -145,9 +218,30 @@ def nll_loss(
 class CrossEntropyStats(NamedTuple):
     """Per-row statistics from the same pass as the loss (no gradient), target-shaped.
 
-    ``lse``: log-sum-exp of the (transformed) logits; ``entropy``: entropy of the
-    predicted distribution in nats; ``argmax``: predicted class (int64), so accuracy is
-    ``(stats.argmax == target)[target != ignore_index].float().mean()``.
+    ::
+
+        lse_i     = logsumexp_c z_ic
+        entropy_i = -sum_c p_ic log p_ic,   p_i = softmax(z_i)
+        argmax_i  = argmax_c z_ic
+
+    Returned by :func:`cross_entropy` with ``return_stats=True`` (``z`` is the transformed
+    logits: scale and soft-cap applied).
+
+    Attributes:
+        lse: log-sum-exp of the (transformed) logits.
+        entropy: entropy of the predicted distribution, in nats.
+        argmax: predicted class (int64), so accuracy is
+            ``(stats.argmax == target)[target != ignore_index].float().mean()``.
+    Shape:
+        each field has the target's shape (the per-row shape of ``'none'``).
+    Example:
+        >>> import torch, crossent as ce
+        >>> x = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+        >>> loss, stats = ce.cross_entropy(x, torch.tensor([0, 1]), return_stats=True)
+        >>> stats.argmax
+        tensor([0, 0])
+        >>> torch.allclose(stats.entropy[1], torch.log(torch.tensor(3.0)))
+        True
     """
 
     lse: torch.Tensor
@@ -182,12 +276,21 @@ def cross_entropy(
 
     'mean' divides by ``sum_i w[y_i]`` over non-ignored rows for class indices (PyTorch's
     weighted mean, shared by the smoothing term), by the number of rows for probabilities.
+    The backward keeps no ``N x C`` buffer beyond the input itself.
 
-    Extras beyond PyTorch:
+    Args:
+        input: logits (floating point).
+        target: class indices (int64/uint8) or class probabilities of ``input``'s shape.
+        weight: optional ``(C,)`` class weights ``w``.
+        size_average, reduce: PyTorch's deprecated reduction flags.
+        ignore_index: class-index target value whose rows contribute nothing.
+        reduction: ``'none'`` | ``'mean'`` | ``'sum'``.
+        label_smoothing: ``eps`` in ``[0, 1]``.
         z_loss: coefficient of the PaLM auxiliary loss ``log^2 Z`` (Chowdhery et al. 2022,
             sec. 5), which keeps the softmax normaliser near 1; applied to non-ignored rows
-            and reduced like the main term.
-        softcap: Gemma 2 logit soft-capping ``cap * tanh(z / cap)`` (Gemma Team 2024).
+            and reduced like the main term. (Beyond PyTorch, as are the ones below.)
+        softcap: Gemma 2 logit soft-capping ``cap * tanh(z / cap)`` (Gemma Team 2024);
+            ``None``: no cap.
         logit_scale: multiplies the logits first (``1/T`` for a temperature ``T``).
         return_stats: also return :class:`CrossEntropyStats` from the same pass.
         all_ignored: ``'nan'`` (PyTorch's 0/0 when every target is ignored) or ``'zero'``.
@@ -197,11 +300,33 @@ def cross_entropy(
             global class indices (the same on every rank) or this rank's slice of the
             probabilities, ``weight`` this rank's slice. Every rank returns the global loss
             and ``input`` gets its slice of the global gradient. See
-            :mod:`crossent.class_parallel`. ``None``: one process.
+            :mod:`crossent.core.sharded`. ``None``: one process.
+    Shape:
+        input ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dK)``; target ``()``, ``(N,)``,
+        ``(N, d1, ..., dK)`` class indices or probabilities of input's shape; the output is
+        a scalar, or the per-row shape (``target``'s, for indices) for ``'none'``.
+    Returns:
+        The loss, in float32 for float16/bfloat16 input (input dtype otherwise); with
+        ``return_stats=True`` the pair ``(loss, CrossEntropyStats)``.
+    Example:
+        >>> import torch, crossent as ce
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(4, 5)
+        >>> y = torch.tensor([0, 3, 1, 4])
+        >>> loss = ce.cross_entropy(x, y, label_smoothing=0.1)
+        >>> torch.allclose(loss, torch.nn.functional.cross_entropy(x, y, label_smoothing=0.1))
+        True
+        >>> loss, stats = ce.cross_entropy(x, y, z_loss=1e-4, return_stats=True)
+        >>> stats.argmax
+        tensor([4, 2, 3, 3])
+        >>> ce.cross_entropy(x, torch.full((4,), -100), all_ignored="zero")
+        tensor(0.)
 
-    Shapes: input ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dK)``; target ``()``, ``(N,)``,
-    ``(N, d1, ..., dK)`` class indices (int64/uint8) or probabilities of input's shape.
-    Returns the loss in float32 for float16/bfloat16 input (input dtype otherwise).
+    References:
+        Chowdhery et al., "PaLM: Scaling Language Modeling with Pathways", 2022 (z-loss).
+        Gemma Team, "Gemma 2: Improving Open Language Models at a Practical Size", 2024
+        (soft-capping). Szegedy et al., "Rethinking the Inception Architecture for
+        Computer Vision", 2016 (label smoothing).
     """
     def validate() -> CrossEntropyArgs:
         return _cross_entropy_args(input, target, weight, size_average, ignore_index, reduce,

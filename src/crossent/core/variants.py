@@ -43,11 +43,42 @@ def focal_loss(
     ignore_index: int = -100,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    """Softmax focal loss on logits ``(N, C[, d...])`` and class indices ``(N[, d...])``.
+    """Softmax focal loss on logits and class indices.
 
-    ``alpha`` is None (no balancing), a float applied to every class, or a ``(C,)``
-    tensor indexed by the target. ``gamma = 0`` with no alpha is cross-entropy.
-    (For the sigmoid form see :func:`crossent.sigmoid_focal_loss`.)
+    With ``p_t`` the softmax probability of the target class::
+
+        loss_i = -alpha_{y_i} * w[y_i] * (1 - p_t)^gamma * log p_t
+
+    'mean' divides by ``sum_i w[y_i]`` over non-ignored rows, as ``F.cross_entropy``.
+    ``gamma = 0`` with no alpha is cross-entropy. (For the sigmoid form see
+    :func:`crossent.sigmoid_focal_loss`.)
+
+    Args:
+        input: logits.
+        target: class indices (int64/uint8).
+        gamma: focusing exponent, ``>= 0``.
+        alpha: None (no balancing), a float applied to every class, or a ``(C,)`` tensor
+            indexed by the target.
+        weight: optional ``(C,)`` class weights ``w``.
+        ignore_index: target value whose rows contribute nothing.
+        reduction: ``'none'`` | ``'mean'`` | ``'sum'``.
+    Shape:
+        input ``(N, C[, d...])`` (or ``(C,)``), target ``(N[, d...])`` (or ``()``); the
+        output target-shaped for ``'none'``, a scalar otherwise.
+    Returns:
+        The loss (float32 for half input).
+    Example:
+        >>> import torch, crossent as ce
+        >>> x = torch.tensor([[3.0, 0.0, 0.0], [0.3, 0.1, -0.2]])
+        >>> y = torch.tensor([0, 1])
+        >>> torch.allclose(ce.focal_loss(x, y, gamma=0.0), torch.nn.functional.cross_entropy(x, y))
+        True
+        >>> p_t = x.softmax(1)[torch.arange(2), y]
+        >>> torch.allclose(ce.focal_loss(x, y, reduction="none"), -(1 - p_t) ** 2 * p_t.log())
+        True
+
+    References:
+        Lin et al., "Focal Loss for Dense Object Detection", 2017.
     """
     reduction = _checks.check_reduction(reduction)
     gamma = _checks.check_non_negative("gamma", gamma)
@@ -88,9 +119,40 @@ def poly1_cross_entropy(
 ) -> torch.Tensor:
     """Poly-1 cross-entropy on logits and class indices.
 
+    ::
+
+        loss_i = CE_i + epsilon * w[y_i] * (1 - p_t)
+
     ``CE_i`` is ``F.cross_entropy``'s per-row term (weights, smoothing); ``p_t`` uses the
     smoothed one-hot target, ``p_t = (1 - eps_ls) p_{y_i} + eps_ls / C``, and the poly
     term is scaled by ``w[y_i]`` like the rest of the row.
+
+    Args:
+        input: logits.
+        target: class indices (int64/uint8).
+        epsilon: coefficient of the poly-1 term (0: cross-entropy).
+        weight: optional ``(C,)`` class weights ``w``.
+        ignore_index: target value whose rows contribute nothing.
+        reduction: ``'none'`` | ``'mean'`` | ``'sum'``.
+        label_smoothing: ``eps_ls`` in ``[0, 1]``.
+    Shape:
+        input ``(N, C[, d...])`` (or ``(C,)``), target ``(N[, d...])`` (or ``()``); the
+        output target-shaped for ``'none'``, a scalar otherwise.
+    Returns:
+        The loss (float32 for half input).
+    Example:
+        >>> import torch, crossent as ce
+        >>> import torch.nn.functional as F
+        >>> x = torch.tensor([[3.0, 0.0, 0.0], [0.3, 0.1, -0.2]])
+        >>> y = torch.tensor([0, 1])
+        >>> p_t = x.softmax(1)[torch.arange(2), y]
+        >>> torch.allclose(ce.poly1_cross_entropy(x, y, reduction="none"),
+        ...                F.cross_entropy(x, y, reduction="none") + 1.0 * (1 - p_t))
+        True
+
+    References:
+        Leng et al., "PolyLoss: A Polynomial Expansion Perspective of Classification Loss
+        Functions", 2022.
     """
     reduction = _checks.check_reduction(reduction)
     label_smoothing = _checks.check_unit_interval("label_smoothing", label_smoothing)

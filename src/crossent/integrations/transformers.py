@@ -76,12 +76,44 @@ class _Patch:
 
 
 def is_applied(model) -> bool:
-    """Whether :func:`apply` patched this instance."""
+    """Whether :func:`apply` patched this instance.
+
+    ::
+
+        is_applied(model) = model carries apply()'s record (``_crossent_linear_ce``)
+
+    Args:
+        model: any ``nn.Module``.
+    Returns:
+        A bool.
+    Example:
+        >>> import torch, transformers
+        >>> from crossent.integrations import transformers as ce_hf
+        >>> _ = torch.manual_seed(0)
+        >>> config = transformers.LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32,
+        ...     num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2)
+        >>> model = transformers.LlamaForCausalLM(config)
+        >>> ce_hf.is_applied(model)
+        False
+        >>> ce_hf.is_applied(ce_hf.apply(model))
+        True
+
+    References:
+        Wijmans et al., "Cut Your Losses in Large-Vocabulary Language Models", 2024;
+        Hugging Face transformers, ``ForCausalLMLoss``.
+    """
     return isinstance(getattr(model, _STATE, None), _Patch)
 
 
 def apply(model, *, eval_logits: bool = False, **options):
     """Patch ``model`` (this instance only) to train with :func:`crossent.linear_cross_entropy`.
+
+    ::
+
+        loss = linear_cross_entropy(h[:, :-1], lm_head.weight, labels[:, 1:], **options)
+
+    the model's own shifted causal-LM loss, with the logits never formed in training
+    (``outputs.logits`` is None then).
 
     ``model``: a transformers causal LM (``...ForCausalLM``, or any ``PreTrainedModel``
     whose head is an ``nn.Linear`` output layer over its last hidden state and whose loss
@@ -92,9 +124,32 @@ def apply(model, *, eval_logits: bool = False, **options):
     model's own head and loss, for evaluation code that wants logits with its loss
     (Trainer's ``compute_metrics``).
 
-    Returns ``model``. Applying again replaces the options. :func:`revert` undoes it.
-    Raises :class:`crossent.ArgumentError` / :class:`crossent.ArgumentTypeError` naming
-    what is missing for a model it cannot patch, and for options it cannot take.
+    Args:
+        model: the transformers model to patch.
+        eval_logits: in eval mode, leave the forward to the model's own head and loss.
+        **options: keyword arguments of :func:`crossent.linear_cross_entropy` (above).
+    Shape:
+        as the model's forward: ``input_ids`` and ``labels`` ``(B, T)``.
+    Returns:
+        ``model``. Applying again replaces the options. :func:`revert` undoes it.
+        Raises :class:`crossent.ArgumentError` / :class:`crossent.ArgumentTypeError` naming
+        what is missing for a model it cannot patch, and for options it cannot take.
+    Example:
+        >>> import torch, transformers
+        >>> from crossent.integrations import transformers as ce_hf
+        >>> _ = torch.manual_seed(0)
+        >>> config = transformers.LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32,
+        ...     num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2)
+        >>> model = transformers.LlamaForCausalLM(config)
+        >>> ids = torch.randint(0, 32, (2, 6))
+        >>> expected = model(input_ids=ids, labels=ids).loss
+        >>> out = ce_hf.apply(model)(input_ids=ids, labels=ids)
+        >>> torch.allclose(out.loss, expected, atol=1e-6), out.logits is None
+        (True, True)
+
+    References:
+        Wijmans et al., "Cut Your Losses in Large-Vocabulary Language Models", 2024;
+        Hugging Face transformers, ``ForCausalLMLoss``.
     """
     if not isinstance(model, nn.Module):
         raise ArgumentTypeError(f"model must be a torch.nn.Module (a transformers causal LM), "
@@ -119,7 +174,30 @@ def apply(model, *, eval_logits: bool = False, **options):
 
 
 def revert(model):
-    """Undo :func:`apply` on ``model``: its forward is the one it had before. Returns it."""
+    """Undo :func:`apply` on ``model``: its forward is the one it had before.
+
+    ::
+
+        revert(apply(model)) behaves as model
+
+    Args:
+        model: a model :func:`apply` patched.
+    Returns:
+        ``model``; raises :class:`crossent.ArgumentError` for a model that is not patched.
+    Example:
+        >>> import torch, transformers
+        >>> from crossent.integrations import transformers as ce_hf
+        >>> _ = torch.manual_seed(0)
+        >>> config = transformers.LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32,
+        ...     num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2)
+        >>> model = transformers.LlamaForCausalLM(config)
+        >>> ce_hf.is_applied(ce_hf.revert(ce_hf.apply(model)))
+        False
+
+    References:
+        Wijmans et al., "Cut Your Losses in Large-Vocabulary Language Models", 2024;
+        Hugging Face transformers, ``ForCausalLMLoss``.
+    """
     patch = getattr(model, _STATE, None)
     if not isinstance(patch, _Patch):
         raise ArgumentError(f"model ({type(model).__name__}) is not patched by crossent")

@@ -164,11 +164,34 @@ def _multiplicative(c: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor
 
 def anneal_lambda(step: int, *, base: float = 1000.0, gamma: float = 0.12, power: float = 1.0,
                   minimum: float = 5.0) -> float:
-    """The papers' annealing weight ``max(minimum, base * (1 + gamma * step)^-power)``.
+    """The papers' annealing weight ``lambda`` for SphereFace and L-Softmax at a step.
+
+    ::
+
+        lambda(step) = max(minimum, base * (1 + gamma * step)^-power)
 
     Defaults are SphereFace's (Liu et al. 2017, its Caffe ``margin_inner_product_param``:
     base 1000, gamma 0.12, power 1, lambda_min 5); L-Softmax's MNIST example used
     ``base=1000, gamma=2.5e-5, power=35, minimum=0``. Pass the result as ``annealing=``.
+
+    Args:
+        step: the training iteration, ``>= 0``.
+        base, gamma, power: the schedule's constants.
+        minimum: the floor ``lambda_min``.
+    Returns:
+        ``lambda`` as a float.
+    Example:
+        >>> import crossent as ce
+        >>> ce.anneal_lambda(0)
+        1000.0
+        >>> round(ce.anneal_lambda(100), 4)
+        76.9231
+        >>> ce.anneal_lambda(10**6)  # the floor
+        5.0
+
+    References:
+        Liu et al., "SphereFace: Deep Hypersphere Embedding for Face Recognition", 2017.
+        Liu et al., "Large-Margin Softmax Loss for Convolutional Neural Networks", 2016.
     """
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")

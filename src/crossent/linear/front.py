@@ -391,33 +391,71 @@ def linear_cross_entropy(
 ):
     """Cross-entropy of ``input @ linear_weight.T + linear_bias`` without the logits.
 
+    With ``z = softcap(logit_scale * (x @ W.T + b))``, computed tile by tile and never
+    held whole, and the target distribution ``t`` of :func:`crossent.cross_entropy`::
+
+        loss_i = sum_c t_ic * (logsumexp(z_i) - z_ic) + z_loss * logsumexp(z_i)^2
+
     Same arguments and semantics as ``torch.nn.functional.linear_cross_entropy``
     (``ignore_index=None`` means -100 for class indices and is an error with
     probability targets), plus those of :func:`crossent.cross_entropy`: ``z_loss``,
     ``softcap``, ``logit_scale``, ``return_stats`` (per-row log-sum-exp, entropy and
     argmax, as :class:`crossent.CrossEntropyStats`) and ``all_ignored``.
 
-    Shapes: input ``(H,)`` or ``(N, H)``; linear_weight ``(V, H)``; linear_bias ``(V,)``;
-    target ``()``/``(N,)`` class indices (int64/uint8) or ``(V,)``/``(N, V)``
-    probabilities; weight ``(V,)``. Returns a scalar, or ``(N,)``/``()`` for 'none',
-    in float32 for half inputs. Gradients flow to input, linear_weight and linear_bias
-    (not to probability targets), in their dtypes.
+    Args:
+        input: hidden states ``x``.
+        linear_weight: the output layer's weight ``W``.
+        target: class indices (int64/uint8) or class probabilities.
+        linear_bias: optional output-layer bias ``b``.
+        weight: optional ``(V,)`` class weights.
+        reduction: ``'none'`` | ``'mean'`` | ``'sum'``.
+        ignore_index: class-index target value whose rows contribute nothing (``None``:
+            -100 for class indices; an error with probability targets).
+        label_smoothing, z_loss, softcap, logit_scale, all_ignored: as
+            :func:`crossent.cross_entropy`.
+        return_stats: also return per-row log-sum-exp, entropy and argmax, as
+            :class:`crossent.CrossEntropyStats`.
+        memory_budget: bytes bounding the float32 logit tiles (default 32 MiB, 8 MiB for
+            ``reduction='none'``, whose backward recomputes them; see
+            :mod:`crossent.kernels.dispatch`).
+        token_chunk_size, vocab_chunk_size: override the chosen tile sizes.
+        backend: ``'auto'`` (Triton on CUDA, PyTorch elsewhere), ``'torch'`` or
+            ``'triton'``.
+        options: a ``torch.nn.LinearCrossEntropyOptions``, accepted for drop-in
+            compatibility and ignored.
+        group: a ``torch.distributed`` process group over which the *classes* are sharded
+            (vocabulary parallel, Megatron-LM's layout): ``input`` is the same on every
+            rank, ``linear_weight``/``linear_bias``/``weight`` are this rank's contiguous
+            slice of the classes (rank order, sizes may differ), ``target`` has global class
+            indices (the same on every rank) or this rank's slice of the probabilities.
+            Every rank returns the global loss; the weight and bias get their slice of the
+            global gradient, ``input`` the full gradient (all-reduced in the backward). See
+            :mod:`crossent.linear.sharded`. ``None``: one process.
+    Shape:
+        input ``(H,)`` or ``(N, H)``; linear_weight ``(V, H)``; linear_bias ``(V,)``;
+        target ``()``/``(N,)`` class indices or ``(V,)``/``(N, V)`` probabilities; weight
+        ``(V,)``; the output a scalar, or ``(N,)``/``()`` for ``'none'``.
+    Returns:
+        The loss, in float32 for half inputs (with ``return_stats=True`` the pair
+        ``(loss, CrossEntropyStats)``). Gradients flow to input, linear_weight and
+        linear_bias (not to probability targets), in their dtypes.
+    Example:
+        >>> import torch, crossent as ce
+        >>> import torch.nn.functional as F
+        >>> _ = torch.manual_seed(0)
+        >>> hidden, W = torch.randn(6, 8), torch.randn(10, 8)
+        >>> y = torch.tensor([1, 0, 9, 4, 4, 7])
+        >>> loss = ce.linear_cross_entropy(hidden, W, y)
+        >>> torch.allclose(loss, F.cross_entropy(hidden @ W.T, y))
+        True
+        >>> _, stats = ce.linear_cross_entropy(hidden, W, y, return_stats=True)
+        >>> torch.equal(stats.argmax, (hidden @ W.T).argmax(1))
+        True
 
-    Tiling: ``memory_budget`` bytes bound the float32 logit tiles (default 32 MiB, 8 MiB
-    for ``reduction='none'``, whose backward recomputes them; see
-    :mod:`crossent.kernels.dispatch`);
-    ``token_chunk_size`` / ``vocab_chunk_size`` override the chosen tile sizes.
-    ``backend``: ``'auto'`` (Triton on CUDA, PyTorch elsewhere), ``'torch'`` or
-    ``'triton'``. ``options`` (a ``torch.nn.LinearCrossEntropyOptions``) is accepted
-    for drop-in compatibility and ignored.
-
-    ``group``: a ``torch.distributed`` process group over which the *classes* are sharded
-    (vocabulary parallel, Megatron-LM's layout): ``input`` is the same on every rank,
-    ``linear_weight``/``linear_bias``/``weight`` are this rank's contiguous slice of the
-    classes (rank order, sizes may differ), ``target`` has global class indices (the same
-    on every rank) or this rank's slice of the probabilities. Every rank returns the global
-    loss; the weight and bias get their slice of the global gradient, ``input`` the full
-    gradient (all-reduced in the backward). See :mod:`crossent.class_parallel`.
+    References:
+        Wijmans et al., "Cut Your Losses in Large-Vocabulary Language Models", 2024
+        (the logits never materialised). PyTorch,
+        ``torch.nn.functional.linear_cross_entropy``.
     """
     del options
 
@@ -451,10 +489,39 @@ def linear_cross_entropy(
 class LinearCrossEntropyLoss(nn.Module):
     """An output layer ``Linear(in_features, num_classes)`` fused with its cross-entropy.
 
-    ``forward(hidden, target)`` returns
-    ``linear_cross_entropy(hidden, self.weight, target, linear_bias=self.bias, **kwargs)``
-    with the keyword arguments given at construction; ``logits(hidden)`` gives the full
-    logits when they are wanted (generation, evaluation).
+    ::
+
+        forward(hidden, target) = linear_cross_entropy(hidden, self.weight, target,
+                                                       linear_bias=self.bias, **kwargs)
+
+    with the keyword arguments given at construction (``forward``'s own keyword arguments
+    override them); ``logits(hidden)`` gives the full logits when they are wanted
+    (generation, evaluation). Initialised as ``nn.Linear``.
+
+    Args:
+        in_features: ``H``, the hidden size.
+        num_classes: ``V``, the number of classes (vocabulary size).
+        bias: whether the layer has a bias.
+        device, dtype: of the parameters.
+        **loss_kwargs: keyword arguments of :func:`crossent.linear_cross_entropy`.
+    Shape:
+        hidden ``(N, H)`` or ``(H,)``; target as :func:`crossent.linear_cross_entropy`.
+    Returns:
+        ``forward`` returns the loss, as :func:`crossent.linear_cross_entropy`.
+    Example:
+        >>> import torch, crossent as ce
+        >>> _ = torch.manual_seed(0)
+        >>> head = ce.LinearCrossEntropyLoss(8, 10, bias=True, label_smoothing=0.1)
+        >>> head
+        LinearCrossEntropyLoss(in_features=8, num_classes=10, bias=True)
+        >>> hidden, y = torch.randn(6, 8), torch.tensor([1, 0, 9, 4, 4, 7])
+        >>> torch.allclose(head(hidden, y),
+        ...                torch.nn.functional.cross_entropy(head.logits(hidden), y,
+        ...                                                  label_smoothing=0.1))
+        True
+
+    References:
+        Wijmans et al., "Cut Your Losses in Large-Vocabulary Language Models", 2024.
     """
 
     def __init__(self, in_features: int, num_classes: int, bias: bool = False, *,

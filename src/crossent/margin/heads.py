@@ -151,13 +151,84 @@ def _xavier_caffe_(w: torch.Tensor) -> None:
 
 
 class ArcFace(_MarginHead):
-    """:func:`crossent.arcface_loss` with its own weight, ``N(0, 0.01^2)`` initialised."""
+    """:func:`crossent.arcface_loss` with its own weight, ``N(0, 0.01^2)`` initialised.
+
+    ::
+
+        z_ic = s cos theta_ic,    z_iy = s cos(theta_iy + m)
+
+    Args:
+        num_classes: ``C``, the number of classes (identities).
+        embedding_dim: ``D``, the embedding size.
+        scale, margin, easy_margin, gradient: as :func:`crossent.arcface_loss`.
+        sample_rate: Partial FC's fraction of classes used per training step (1: all).
+        generator: a ``torch.Generator`` for the Partial FC sampling.
+        group: a ``torch.distributed`` process group: this rank builds and trains only its
+            class shard (see the module docstring); ``None``: one process.
+        device, dtype: of the weight.
+        **params: also ``reduction``, ``ignore_index``, ``label_smoothing`` and the tiling
+            controls of :func:`crossent.linear_cross_entropy`.
+    Shape:
+        embeddings ``(N, D)``, target ``(N,)``; the weight ``(C, D)``; ``logits``
+        ``(N, C)``.
+    Returns:
+        ``forward(embeddings, target)`` returns the loss, as :func:`crossent.arcface_loss`.
+    Example:
+        >>> import torch, crossent as ce
+        >>> _ = torch.manual_seed(0)
+        >>> head = ce.ArcFace(10, 8, scale=16.0, margin=0.3)
+        >>> head
+        ArcFace(num_classes=10, embedding_dim=8, scale=16.0, margin=0.3)
+        >>> x, y = torch.randn(4, 8), torch.tensor([1, 0, 9, 4])
+        >>> torch.allclose(head(x, y), ce.arcface_loss(x, head.weight, y, scale=16.0, margin=0.3))
+        True
+        >>> head.logits(x).shape
+        torch.Size([4, 10])
+
+    References:
+        Deng et al., "ArcFace: Additive Angular Margin Loss for Deep Face Recognition", 2019.
+        An et al., "Partial FC: Training 10 Million Identities on a Single Machine", 2021.
+    """
 
     head = "arcface"
 
 
 class CosFace(_MarginHead):
-    """:func:`crossent.cosface_loss` (AM-Softmax) with its own weight, Caffe xavier."""
+    """:func:`crossent.cosface_loss` (AM-Softmax) with its own weight, Caffe xavier.
+
+    ::
+
+        z_ic = s cos theta_ic,    z_iy = s (cos theta_iy - m)
+
+    Args:
+        num_classes: ``C``, the number of classes (identities).
+        embedding_dim: ``D``, the embedding size.
+        scale, margin: as :func:`crossent.cosface_loss`.
+        sample_rate: Partial FC's fraction of classes used per training step (1: all).
+        generator: a ``torch.Generator`` for the Partial FC sampling.
+        group: a ``torch.distributed`` process group: this rank builds and trains only its
+            class shard (see the module docstring); ``None``: one process.
+        device, dtype: of the weight.
+        **params: also ``reduction``, ``ignore_index``, ``label_smoothing`` and the tiling
+            controls of :func:`crossent.linear_cross_entropy`.
+    Shape:
+        embeddings ``(N, D)``, target ``(N,)``; the weight ``(C, D)``; ``logits``
+        ``(N, C)``.
+    Returns:
+        ``forward(embeddings, target)`` returns the loss, as :func:`crossent.cosface_loss`.
+    Example:
+        >>> import torch, crossent as ce
+        >>> _ = torch.manual_seed(0)
+        >>> head = ce.CosFace(10, 8, scale=16.0, margin=0.3)
+        >>> head
+        CosFace(num_classes=10, embedding_dim=8, scale=16.0, margin=0.3)
+        >>> x, y = torch.randn(4, 8), torch.tensor([1, 0, 9, 4])
+        >>> torch.allclose(head(x, y), ce.cosface_loss(x, head.weight, y, scale=16.0, margin=0.3))
+        True
+
+    References:
+        Wang et al., "CosFace: Large Margin Cosine Loss for Deep Face Recognition", 2018.
+    """
 
     head = "cosface"
 
@@ -167,9 +238,46 @@ class CosFace(_MarginHead):
 
 
 class SphereFace(_MarginHead):
-    """:func:`crossent.sphereface_loss` with its own weight, Caffe xavier. Set
-    ``head.params['annealing']`` (or rebuild) per step for the paper's schedule; see
-    :meth:`set_annealing`."""
+    """:func:`crossent.sphereface_loss` with its own weight, Caffe xavier.
+
+    ::
+
+        z_ic = s ||x_i|| cos theta_ic,    z_iy = s ||x_i|| psi(theta_iy)
+
+    Call :meth:`set_annealing` per step (or rebuild) for the paper's schedule.
+
+    Args:
+        num_classes: ``C``, the number of classes (identities).
+        embedding_dim: ``D``, the embedding size.
+        margin, scale, annealing: as :func:`crossent.sphereface_loss`.
+        sample_rate: Partial FC's fraction of classes used per training step (1: all).
+        generator: a ``torch.Generator`` for the Partial FC sampling.
+        group: a ``torch.distributed`` process group: this rank builds and trains only its
+            class shard (see the module docstring); ``None``: one process.
+        device, dtype: of the weight.
+        **params: also ``reduction``, ``ignore_index``, ``label_smoothing`` and the tiling
+            controls of :func:`crossent.linear_cross_entropy`.
+    Shape:
+        embeddings ``(N, D)``, target ``(N,)``; the weight ``(C, D)``; ``logits``
+        ``(N, C)``.
+    Returns:
+        ``forward(embeddings, target)`` returns the loss, as :func:`crossent.sphereface_loss`.
+    Example:
+        >>> import torch, crossent as ce
+        >>> _ = torch.manual_seed(0)
+        >>> head = ce.SphereFace(10, 8, margin=2)
+        >>> head
+        SphereFace(num_classes=10, embedding_dim=8, margin=2)
+        >>> x, y = torch.randn(4, 8), torch.tensor([1, 0, 9, 4])
+        >>> torch.allclose(head(x, y), ce.sphereface_loss(x, head.weight, y, margin=2))
+        True
+        >>> head.set_annealing(ce.anneal_lambda(100))
+        >>> round(head.params["annealing"], 4)
+        76.9231
+
+    References:
+        Liu et al., "SphereFace: Deep Hypersphere Embedding for Face Recognition", 2017.
+    """
 
     head = "sphereface"
 
@@ -178,14 +286,49 @@ class SphereFace(_MarginHead):
             _xavier_caffe_(self.weight)
 
     def set_annealing(self, value: float) -> None:
-        """The papers' ``lambda`` for the next steps (:func:`crossent.anneal_lambda`)."""
+        """Set the papers' ``lambda`` for the next steps (see :func:`crossent.anneal_lambda`)."""
         self.params["annealing"] = value
         self.spec = margin.margin_spec(self.head, **self.params)
 
 
 class LargeMarginSoftmax(SphereFace):
-    """:func:`crossent.large_margin_softmax_loss` with its own weight, Caffe msra
-    ``N(0, 2/D)``; :meth:`set_annealing` for the schedule it needs to train."""
+    """:func:`crossent.large_margin_softmax_loss` with its own weight, Caffe msra ``N(0, 2/D)``.
+
+    ::
+
+        z_ic = s W_c . x_i,    z_iy = s ||W_y|| ||x_i|| psi(theta_iy)
+
+    :meth:`set_annealing` sets the schedule it needs to train.
+
+    Args:
+        num_classes: ``C``, the number of classes (identities).
+        embedding_dim: ``D``, the embedding size.
+        margin, scale, annealing: as :func:`crossent.large_margin_softmax_loss`.
+        sample_rate: Partial FC's fraction of classes used per training step (1: all).
+        generator: a ``torch.Generator`` for the Partial FC sampling.
+        group: a ``torch.distributed`` process group: this rank builds and trains only its
+            class shard (see the module docstring); ``None``: one process.
+        device, dtype: of the weight.
+        **params: also ``reduction``, ``ignore_index``, ``label_smoothing`` and the tiling
+            controls of :func:`crossent.linear_cross_entropy`.
+    Shape:
+        embeddings ``(N, D)``, target ``(N,)``; the weight ``(C, D)``; ``logits``
+        ``(N, C)``.
+    Returns:
+        ``forward(embeddings, target)`` returns the loss, as :func:`crossent.large_margin_softmax_loss`.
+    Example:
+        >>> import torch, crossent as ce
+        >>> _ = torch.manual_seed(0)
+        >>> head = ce.LargeMarginSoftmax(10, 8, margin=2, annealing=5.0)
+        >>> head
+        LargeMarginSoftmax(num_classes=10, embedding_dim=8, margin=2, annealing=5.0)
+        >>> x, y = torch.randn(4, 8), torch.tensor([1, 0, 9, 4])
+        >>> torch.allclose(head(x, y), ce.large_margin_softmax_loss(x, head.weight, y, margin=2, annealing=5.0))
+        True
+
+    References:
+        Liu et al., "Large-Margin Softmax Loss for Convolutional Neural Networks", 2016.
+    """
 
     head = "lsoftmax"
 
@@ -194,13 +337,84 @@ class LargeMarginSoftmax(SphereFace):
 
 
 class CombinedMargin(_MarginHead):
-    """:func:`crossent.combined_margin_loss` with its own weight, ``N(0, 0.01^2)``."""
+    """:func:`crossent.combined_margin_loss` with its own weight, ``N(0, 0.01^2)``.
+
+    ::
+
+        z_ic = s cos theta_ic,    z_iy = s (cos(m1 theta_iy + m2) - m3)
+
+    Args:
+        num_classes: ``C``, the number of classes (identities).
+        embedding_dim: ``D``, the embedding size.
+        scale, m1, m2, m3: as :func:`crossent.combined_margin_loss`.
+        sample_rate: Partial FC's fraction of classes used per training step (1: all).
+        generator: a ``torch.Generator`` for the Partial FC sampling.
+        group: a ``torch.distributed`` process group: this rank builds and trains only its
+            class shard (see the module docstring); ``None``: one process.
+        device, dtype: of the weight.
+        **params: also ``reduction``, ``ignore_index``, ``label_smoothing`` and the tiling
+            controls of :func:`crossent.linear_cross_entropy`.
+    Shape:
+        embeddings ``(N, D)``, target ``(N,)``; the weight ``(C, D)``; ``logits``
+        ``(N, C)``.
+    Returns:
+        ``forward(embeddings, target)`` returns the loss, as :func:`crossent.combined_margin_loss`.
+    Example:
+        >>> import torch, crossent as ce
+        >>> _ = torch.manual_seed(0)
+        >>> head = ce.CombinedMargin(10, 8, scale=16.0, m2=0.3, m3=0.1)
+        >>> head
+        CombinedMargin(num_classes=10, embedding_dim=8, scale=16.0, m2=0.3, m3=0.1)
+        >>> x, y = torch.randn(4, 8), torch.tensor([1, 0, 9, 4])
+        >>> torch.allclose(head(x, y), ce.combined_margin_loss(x, head.weight, y, scale=16.0, m2=0.3, m3=0.1))
+        True
+
+    References:
+        Deng et al., "ArcFace: Additive Angular Margin Loss for Deep Face Recognition", 2019.
+    """
 
     head = "combined"
 
 
 class SubCenterArcFace(_MarginHead):
-    """:func:`crossent.subcenter_arcface_loss` with its own ``(num_classes * centers, D)``
-    weight, ``N(0, 0.01^2)``."""
+    """:func:`crossent.subcenter_arcface_loss` with its own ``(C * centers, D)`` weight, ``N(0, 0.01^2)``.
+
+    ::
+
+        cos theta_ic = max_k cos(x_i, W_{c*K + k}),    then ArcFace
+
+    Args:
+        num_classes: ``C``, the number of classes (identities).
+        embedding_dim: ``D``, the embedding size.
+        centers, scale, margin, easy_margin, gradient: as
+            :func:`crossent.subcenter_arcface_loss`.
+        sample_rate: Partial FC's fraction of classes used per training step (1: all).
+        generator: a ``torch.Generator`` for the Partial FC sampling.
+        group: a ``torch.distributed`` process group: this rank builds and trains only its
+            class shard (see the module docstring); ``None``: one process.
+        device, dtype: of the weight.
+        **params: also ``reduction``, ``ignore_index``, ``label_smoothing`` and the tiling
+            controls of :func:`crossent.linear_cross_entropy`.
+    Shape:
+        embeddings ``(N, D)``, target ``(N,)``; the weight ``(C * centers, D)``; ``logits``
+        ``(N, C)``.
+    Returns:
+        ``forward(embeddings, target)`` returns the loss, as :func:`crossent.subcenter_arcface_loss`.
+    Example:
+        >>> import torch, crossent as ce
+        >>> _ = torch.manual_seed(0)
+        >>> head = ce.SubCenterArcFace(10, 8, centers=3, scale=16.0)
+        >>> head
+        SubCenterArcFace(num_classes=10, embedding_dim=8, centers=3, scale=16.0)
+        >>> x, y = torch.randn(4, 8), torch.tensor([1, 0, 9, 4])
+        >>> torch.allclose(head(x, y), ce.subcenter_arcface_loss(x, head.weight, y, centers=3, scale=16.0))
+        True
+        >>> head.weight.shape
+        torch.Size([30, 8])
+
+    References:
+        Deng et al., "Sub-center ArcFace: Boosting Face Recognition by Large-Scale Noisy Web
+        Faces", 2020.
+    """
 
     head = "subcenter_arcface"

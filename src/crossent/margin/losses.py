@@ -251,93 +251,295 @@ def _fused_loss(spec: MarginSpec, embeddings, weight, target, *, reduction="mean
     return out[0]
 
 
-_COMMON = """
-    Shapes: embeddings ``(N, D)``, weight ``(C, D)``, target ``(N,)`` int64 class indices.
-    ``reduction``, ``ignore_index``, ``label_smoothing``: as :func:`crossent.cross_entropy`;
-    ``memory_budget``, ``token_chunk_size``, ``vocab_chunk_size``, ``backend``: as
-    :func:`crossent.linear_cross_entropy`. Returns the loss (``(N,)`` for 'none'), float32
-    for half inputs."""
-
-
-def _with_common(fn):
-    fn.__doc__ = fn.__doc__.rstrip() + "\n" + _COMMON
-    return fn
-
-
-@_with_common
 def arcface_loss(embeddings, weight, target, *, scale=64.0, margin=0.5, easy_margin=False,
                  gradient="exact", **kwargs):
-    """ArcFace (Deng et al., "ArcFace: Additive Angular Margin Loss for Deep Face
-    Recognition", CVPR 2019): target logit ``s cos(theta + m)``, others ``s cos theta``.
+    """ArcFace: cross-entropy with an additive angular margin on the target class.
+
+    ::
+
+        z_ic = s cos theta_ic,    z_iy = s cos(theta_iy + m)
 
     Past ``theta > pi - m`` the target logit continues as ``s (cos theta - m sin m)``
     (InsightFace's classic code, pytorch-metric-learning). ``easy_margin=True`` applies the
     margin only where ``cos theta > 0``. ``gradient='straight_through'`` keeps the forward
     and backpropagates as if the target logit were ``s cos theta`` (InsightFace's current
     arcface_torch, which takes ``acos`` under ``no_grad``; its forward has no continuation
-    past ``pi - m``, so values agree for ``theta <= pi - m``). ``margin`` in radians, in
-    ``[0, pi)``.
+    past ``pi - m``, so values agree for ``theta <= pi - m``).
+
+    Args:
+        embeddings: the features ``x``.
+        weight: the class weights ``W`` (``nn.Linear``'s layout).
+        target: int64 class indices.
+        scale: ``s``.
+        margin: ``m`` in radians, in ``[0, pi)``.
+        easy_margin: apply the margin only where ``cos theta > 0``.
+        gradient: ``'exact'`` or ``'straight_through'``.
+        reduction, ignore_index, label_smoothing: as :func:`crossent.cross_entropy`
+            (label smoothing spreads over the margin-adjusted logits).
+        memory_budget, token_chunk_size, vocab_chunk_size, backend: the tiling controls of
+            :func:`crossent.linear_cross_entropy` (``memory_budget`` defaults to
+            :data:`DEFAULT_MEMORY_BUDGET`; margin heads always run on the PyTorch backend).
+    Shape:
+        embeddings ``(N, D)``, weight ``(C, D)``, target ``(N,)``; the output a scalar, or
+        ``(N,)`` for ``'none'``.
+    Returns:
+        The loss, float32 for half inputs. Zero-norm embeddings (on rows that are not
+        ignored) and zero-norm class weights raise :class:`crossent.ArgumentError`.
+    Example:
+        >>> import torch, crossent as ce
+        >>> import torch.nn.functional as F
+        >>> _ = torch.manual_seed(0)
+        >>> x, W, y = torch.randn(4, 8), torch.randn(10, 8), torch.tensor([1, 0, 9, 4])
+        >>> cos = F.normalize(x, dim=1) @ F.normalize(W, dim=1).T
+        >>> theta = cos.gather(1, y[:, None]).acos()
+        >>> z = 16.0 * cos.scatter(1, y[:, None], torch.cos(theta + 0.3))
+        >>> torch.allclose(ce.arcface_loss(x, W, y, scale=16.0, margin=0.3), F.cross_entropy(z, y))
+        True
+
+    References:
+        Deng et al., "ArcFace: Additive Angular Margin Loss for Deep Face Recognition", 2019.
     """
     return _fused_loss(_arcface(scale, margin, easy_margin, gradient), embeddings, weight,
                        target, **kwargs)
 
 
-@_with_common
 def cosface_loss(embeddings, weight, target, *, scale=64.0, margin=0.35, **kwargs):
-    """CosFace / AM-Softmax (Wang et al., "CosFace: Large Margin Cosine Loss", CVPR 2018;
-    Wang et al., "Additive Margin Softmax", 2018): target logit ``s (cos theta - m)``,
-    others ``s cos theta``; ``margin`` in ``[0, 2)``.
+    """CosFace / AM-Softmax: cross-entropy with an additive cosine margin on the target class.
+
+    ::
+
+        z_ic = s cos theta_ic,    z_iy = s (cos theta_iy - m)
+
+    Args:
+        embeddings: the features ``x``.
+        weight: the class weights ``W`` (``nn.Linear``'s layout).
+        target: int64 class indices.
+        scale: ``s``.
+        margin: ``m`` in ``[0, 2)``.
+        reduction, ignore_index, label_smoothing: as :func:`crossent.cross_entropy`
+            (label smoothing spreads over the margin-adjusted logits).
+        memory_budget, token_chunk_size, vocab_chunk_size, backend: the tiling controls of
+            :func:`crossent.linear_cross_entropy` (``memory_budget`` defaults to
+            :data:`DEFAULT_MEMORY_BUDGET`; margin heads always run on the PyTorch backend).
+    Shape:
+        embeddings ``(N, D)``, weight ``(C, D)``, target ``(N,)``; the output a scalar, or
+        ``(N,)`` for ``'none'``.
+    Returns:
+        The loss, float32 for half inputs. Zero-norm embeddings (on rows that are not
+        ignored) and zero-norm class weights raise :class:`crossent.ArgumentError`.
+    Example:
+        >>> import torch, crossent as ce
+        >>> import torch.nn.functional as F
+        >>> _ = torch.manual_seed(0)
+        >>> x, W, y = torch.randn(4, 8), torch.randn(10, 8), torch.tensor([1, 0, 9, 4])
+        >>> cos = F.normalize(x, dim=1) @ F.normalize(W, dim=1).T
+        >>> z = 16.0 * (cos - 0.3 * F.one_hot(y, 10))
+        >>> torch.allclose(ce.cosface_loss(x, W, y, scale=16.0, margin=0.3), F.cross_entropy(z, y))
+        True
+
+    References:
+        Wang et al., "CosFace: Large Margin Cosine Loss for Deep Face Recognition", 2018.
+        Wang et al., "Additive Margin Softmax for Face Verification", 2018.
     """
     return _fused_loss(_cosface(scale, margin), embeddings, weight, target, **kwargs)
 
 
-@_with_common
 def sphereface_loss(embeddings, weight, target, *, margin=4, scale=1.0, annealing=0.0, **kwargs):
-    """SphereFace / A-Softmax (Liu et al., "SphereFace: Deep Hypersphere Embedding for Face
-    Recognition", CVPR 2017): normalised class weights, logits ``s ||x|| cos theta_c``, the
-    target's ``s ||x|| psi(theta)`` with ``psi = (-1)^k cos(m theta) - 2k`` (integer
-    ``m >= 1``). ``annealing`` is the paper's ``lambda``: the target logit becomes
+    """SphereFace / A-Softmax: normalised class weights, a multiplicative angular margin.
+
+    ::
+
+        z_ic = s ||x_i|| cos theta_ic,    z_iy = s ||x_i|| psi(theta_iy)
+        psi(theta) = (-1)^k cos(m theta) - 2k,    theta in [k pi/m, (k+1) pi/m]
+
+    With annealing ``lambda`` the target logit becomes
     ``s ||x|| (lambda cos theta + psi) / (1 + lambda)`` (see :func:`anneal_lambda`).
+
+    Args:
+        embeddings: the features ``x``.
+        weight: the class weights ``W`` (``nn.Linear``'s layout).
+        target: int64 class indices.
+        margin: the integer ``m >= 1``.
+        scale: ``s``.
+        annealing: the paper's ``lambda`` (0: the full margin).
+        reduction, ignore_index, label_smoothing: as :func:`crossent.cross_entropy`
+            (label smoothing spreads over the margin-adjusted logits).
+        memory_budget, token_chunk_size, vocab_chunk_size, backend: the tiling controls of
+            :func:`crossent.linear_cross_entropy` (``memory_budget`` defaults to
+            :data:`DEFAULT_MEMORY_BUDGET`; margin heads always run on the PyTorch backend).
+    Shape:
+        embeddings ``(N, D)``, weight ``(C, D)``, target ``(N,)``; the output a scalar, or
+        ``(N,)`` for ``'none'``.
+    Returns:
+        The loss, float32 for half inputs. Zero-norm embeddings (on rows that are not
+        ignored) and zero-norm class weights raise :class:`crossent.ArgumentError`.
+    Example:
+        >>> import torch, crossent as ce
+        >>> import torch.nn.functional as F
+        >>> _ = torch.manual_seed(0)
+        >>> x, W, y = torch.randn(4, 8), torch.randn(10, 8), torch.tensor([1, 0, 9, 4])
+        >>> cos = F.normalize(x, dim=1) @ F.normalize(W, dim=1).T
+        >>> theta = cos.gather(1, y[:, None]).acos()
+        >>> k = torch.floor(theta * 2 / torch.pi)
+        >>> psi = (-1) ** k * torch.cos(2 * theta) - 2 * k
+        >>> norm = x.norm(dim=1, keepdim=True)
+        >>> z = (norm * cos).scatter(1, y[:, None], norm * psi)
+        >>> torch.allclose(ce.sphereface_loss(x, W, y, margin=2), F.cross_entropy(z, y))
+        True
+
+    References:
+        Liu et al., "SphereFace: Deep Hypersphere Embedding for Face Recognition", 2017.
     """
     return _fused_loss(HEADS["sphereface"](margin, scale, annealing), embeddings, weight,
                        target, **kwargs)
 
 
-@_with_common
 def large_margin_softmax_loss(embeddings, weight, target, *, margin=4, scale=1.0, annealing=0.0,
                               **kwargs):
-    """L-Softmax (Liu et al., "Large-Margin Softmax Loss for Convolutional Neural Networks",
-    ICML 2016): logits ``s ||W_c|| ||x|| cos theta_c = s W_c . x``, the target's
-    ``s ||W_y|| ||x|| psi(theta)``; integer ``m >= 1``. The method trains only with its
-    annealing ``lambda`` (``annealing``; the target logit becomes
-    ``s ||W_y|| ||x|| (lambda cos theta + psi) / (1 + lambda)``), decayed by a schedule
-    such as :func:`anneal_lambda`.
+    """L-Softmax: a multiplicative angular margin on unnormalised logits.
+
+    ::
+
+        z_ic = s ||W_c|| ||x_i|| cos theta_ic = s W_c . x_i
+        z_iy = s ||W_y|| ||x_i|| psi(theta_iy),    psi = (-1)^k cos(m theta) - 2k
+
+    The method trains only with its annealing ``lambda`` (``annealing``; the target logit
+    becomes ``s ||W_y|| ||x|| (lambda cos theta + psi) / (1 + lambda)``), decayed by a
+    schedule such as :func:`anneal_lambda`.
+
+    Args:
+        embeddings: the features ``x``.
+        weight: the class weights ``W`` (``nn.Linear``'s layout).
+        target: int64 class indices.
+        margin: the integer ``m >= 1``.
+        scale: ``s``.
+        annealing: the paper's ``lambda`` (0: the full margin).
+        reduction, ignore_index, label_smoothing: as :func:`crossent.cross_entropy`
+            (label smoothing spreads over the margin-adjusted logits).
+        memory_budget, token_chunk_size, vocab_chunk_size, backend: the tiling controls of
+            :func:`crossent.linear_cross_entropy` (``memory_budget`` defaults to
+            :data:`DEFAULT_MEMORY_BUDGET`; margin heads always run on the PyTorch backend).
+    Shape:
+        embeddings ``(N, D)``, weight ``(C, D)``, target ``(N,)``; the output a scalar, or
+        ``(N,)`` for ``'none'``.
+    Returns:
+        The loss, float32 for half inputs. Zero-norm embeddings (on rows that are not
+        ignored) and zero-norm class weights raise :class:`crossent.ArgumentError`.
+    Example:
+        >>> import torch, crossent as ce
+        >>> import torch.nn.functional as F
+        >>> _ = torch.manual_seed(0)
+        >>> x, W, y = torch.randn(4, 8), torch.randn(10, 8), torch.tensor([1, 0, 9, 4])
+        >>> cos = F.normalize(x, dim=1) @ F.normalize(W, dim=1).T
+        >>> theta = cos.gather(1, y[:, None]).acos()
+        >>> k = torch.floor(theta * 2 / torch.pi)
+        >>> psi = (-1) ** k * torch.cos(2 * theta) - 2 * k
+        >>> rho = x.norm(dim=1) * W.norm(dim=1)[y]
+        >>> z = (x @ W.T).scatter(1, y[:, None], rho[:, None] * psi)
+        >>> torch.allclose(ce.large_margin_softmax_loss(x, W, y, margin=2), F.cross_entropy(z, y))
+        True
+
+    References:
+        Liu et al., "Large-Margin Softmax Loss for Convolutional Neural Networks", 2016.
     """
     return _fused_loss(HEADS["lsoftmax"](margin, scale, annealing), embeddings, weight,
                        target, **kwargs)
 
 
-@_with_common
 def combined_margin_loss(embeddings, weight, target, *, scale=64.0, m1=1.0, m2=0.5, m3=0.0,
                          **kwargs):
-    """The combined margin of InsightFace: target logit ``s (cos(m1 theta + m2) - m3)``,
-    others ``s cos theta`` (``m1 >= 1``, ``m2`` in ``[0, pi)``, ``m3`` in ``[0, 2)``).
+    """The combined margin of InsightFace (SphereFace, ArcFace and CosFace margins at once).
+
+    ::
+
+        z_ic = s cos theta_ic,    z_iy = s (cos(m1 theta_iy + m2) - m3)
 
     Past ``theta* = (pi - m2) / m1``, where ``m1 theta + m2`` reaches pi, the target logit
     continues as ``s (cos theta - cos theta* - 1 - m3)``: continuous and decreasing in
     theta (a CosFace margin equal to the penalty at ``theta*``). ``m1=1, m2=0`` is CosFace;
     ``m1=1, m3=0`` is ArcFace up to ``theta = pi - m2``.
+
+    Args:
+        embeddings: the features ``x``.
+        weight: the class weights ``W`` (``nn.Linear``'s layout).
+        target: int64 class indices.
+        scale: ``s``.
+        m1: multiplicative angular margin, ``>= 1``.
+        m2: additive angular margin, in ``[0, pi)``.
+        m3: additive cosine margin, in ``[0, 2)``.
+        reduction, ignore_index, label_smoothing: as :func:`crossent.cross_entropy`
+            (label smoothing spreads over the margin-adjusted logits).
+        memory_budget, token_chunk_size, vocab_chunk_size, backend: the tiling controls of
+            :func:`crossent.linear_cross_entropy` (``memory_budget`` defaults to
+            :data:`DEFAULT_MEMORY_BUDGET`; margin heads always run on the PyTorch backend).
+    Shape:
+        embeddings ``(N, D)``, weight ``(C, D)``, target ``(N,)``; the output a scalar, or
+        ``(N,)`` for ``'none'``.
+    Returns:
+        The loss, float32 for half inputs. Zero-norm embeddings (on rows that are not
+        ignored) and zero-norm class weights raise :class:`crossent.ArgumentError`.
+    Example:
+        >>> import torch, crossent as ce
+        >>> import torch.nn.functional as F
+        >>> _ = torch.manual_seed(0)
+        >>> x, W, y = torch.randn(4, 8), torch.randn(10, 8), torch.tensor([1, 0, 9, 4])
+        >>> cos = F.normalize(x, dim=1) @ F.normalize(W, dim=1).T
+        >>> theta = cos.gather(1, y[:, None]).acos()
+        >>> z = 16.0 * cos.scatter(1, y[:, None], torch.cos(theta + 0.3) - 0.1)
+        >>> loss = ce.combined_margin_loss(x, W, y, scale=16.0, m1=1.0, m2=0.3, m3=0.1)
+        >>> torch.allclose(loss, F.cross_entropy(z, y))
+        True
+
+    References:
+        Deng et al., "ArcFace: Additive Angular Margin Loss for Deep Face Recognition", 2019
+        (sec. 3.3, the combined margin); InsightFace, ``CombinedMarginLoss``.
     """
     return _fused_loss(_combined(scale, m1, m2, m3), embeddings, weight, target, **kwargs)
 
 
-@_with_common
 def subcenter_arcface_loss(embeddings, weight, target, *, centers=3, scale=64.0, margin=0.5,
                            easy_margin=False, gradient="exact", **kwargs):
-    """Sub-centre ArcFace (Deng et al., "Sub-center ArcFace", ECCV 2020): ``weight`` is
-    ``(C*K, D)`` with row ``c*K + k`` the centre ``k`` of class ``c``; each class's cosine is
-    the max over its ``K = centers`` centres, then ArcFace as :func:`arcface_loss`. The
+    """Sub-centre ArcFace: ArcFace on each class's closest of ``K`` centres.
+
+    ::
+
+        cos theta_ic = max_k cos(x_i, W_{c*K + k}),    then ArcFace as :func:`arcface_loss`
+
+    ``weight`` is ``(C*K, D)`` with row ``c*K + k`` the centre ``k`` of class ``c``. The
     gradient of a class logit goes to its arg-max centre.
+
+    Args:
+        embeddings: the features ``x``.
+        weight: the class weights ``W`` (``nn.Linear``'s layout).
+        target: int64 class indices.
+        centers: ``K``, the centres per class.
+        scale, margin, easy_margin, gradient: as :func:`arcface_loss`.
+        reduction, ignore_index, label_smoothing: as :func:`crossent.cross_entropy`
+            (label smoothing spreads over the margin-adjusted logits).
+        memory_budget, token_chunk_size, vocab_chunk_size, backend: the tiling controls of
+            :func:`crossent.linear_cross_entropy` (``memory_budget`` defaults to
+            :data:`DEFAULT_MEMORY_BUDGET`; margin heads always run on the PyTorch backend).
+    Shape:
+        embeddings ``(N, D)``, weight ``(C*K, D)``, target ``(N,)``; the output a scalar, or
+        ``(N,)`` for ``'none'``.
+    Returns:
+        The loss, float32 for half inputs. Zero-norm embeddings (on rows that are not
+        ignored) and zero-norm class weights raise :class:`crossent.ArgumentError`.
+    Example:
+        >>> import torch, crossent as ce
+        >>> import torch.nn.functional as F
+        >>> _ = torch.manual_seed(0)
+        >>> x, W, y = torch.randn(4, 8), torch.randn(30, 8), torch.tensor([1, 0, 9, 4])
+        >>> cos = (F.normalize(x, dim=1) @ F.normalize(W, dim=1).T).view(4, 10, 3).amax(2)
+        >>> theta = cos.gather(1, y[:, None]).acos()
+        >>> z = 16.0 * cos.scatter(1, y[:, None], torch.cos(theta + 0.3))
+        >>> loss = ce.subcenter_arcface_loss(x, W, y, centers=3, scale=16.0, margin=0.3)
+        >>> torch.allclose(loss, F.cross_entropy(z, y))
+        True
+
+    References:
+        Deng et al., "Sub-center ArcFace: Boosting Face Recognition by Large-Scale Noisy Web
+        Faces", 2020.
     """
     return _fused_loss(_subcenter(centers, scale, margin, easy_margin, gradient), embeddings,
                        weight, target, **kwargs)
@@ -363,13 +565,45 @@ class _Phi(torch.autograd.Function):
 
 def margin_logits(embeddings, weight, target=None, *, head: str = "arcface", ignore_index=-100,
                   **params) -> torch.Tensor:
-    """The ``(N, C)`` logits of ``head`` (a key of :data:`HEADS`, with its keyword
-    arguments), the margin applied to each row's target class; without ``target`` (or on
-    rows equal to ``ignore_index``) no margin: the evaluation logits ``s * rho * cos theta``.
+    """The margin-adjusted ``(N, C)`` logits of a margin head, formed explicitly.
+
+    ::
+
+        z_ic = s * rho_ic * cos theta_ic,    z_iy = s * rho_iy * phi(cos theta_iy)
+
+    with ``rho`` the head's magnitude (1, ``||x||`` or ``||x|| ||W_c||``) and ``phi`` its
+    margin function. Without ``target`` (or on rows equal to ``ignore_index``) no margin:
+    the evaluation logits ``s * rho * cos theta``.
 
     Differentiable with plain autograd; it forms ``N x C`` logits (and normalised copies of
     the inputs), so it is for plots, evaluation and small problems. ``cross_entropy`` of
     these logits equals the head's fused loss.
+
+    Args:
+        embeddings: the features ``x``.
+        weight: the class weights ``W`` (``(C*K, D)`` for sub-centre heads).
+        target: optional int64 class indices (``None``: no margin anywhere).
+        head: a key of :data:`HEADS` (``'arcface'``, ``'cosface'``, ``'sphereface'``,
+            ``'lsoftmax'``, ``'combined'``, ``'subcenter_arcface'``).
+        ignore_index: target value whose rows get no margin.
+        **params: the head's keyword arguments (``scale``, ``margin``, ...).
+    Shape:
+        embeddings ``(N, D)``, weight ``(C, D)``, target ``(N,)``; the output ``(N, C)``.
+    Returns:
+        The logits, differentiable with plain autograd.
+    Example:
+        >>> import torch, crossent as ce
+        >>> import torch.nn.functional as F
+        >>> _ = torch.manual_seed(0)
+        >>> x, W, y = torch.randn(4, 8), torch.randn(10, 8), torch.tensor([1, 0, 9, 4])
+        >>> z = ce.margin_logits(x, W, y, head="arcface", scale=16.0, margin=0.3)
+        >>> z.shape
+        torch.Size([4, 10])
+        >>> torch.allclose(F.cross_entropy(z, y), ce.arcface_loss(x, W, y, scale=16.0, margin=0.3))
+        True
+
+    References:
+        Deng et al., "ArcFace: Additive Angular Margin Loss for Deep Face Recognition", 2019.
     """
     spec = margin_spec(head, **params)
     num_classes = _check_inputs(embeddings, weight, spec.centers)

@@ -15,7 +15,7 @@ One step, on every rank:
    ``N = sum_r N_r``, gradients flowing back to their owners;
 3. with ``sample_rate < 1``, the shard keeps ``max(int(sample_rate * C_r), 1, P_r)`` class
    centres: its ``P_r`` positives of the global batch and random others
-   (:func:`crossent.margin_heads.partial_fc_sample`); the sampled classes of all ranks,
+   (:func:`crossent.partial_fc_sample`); the sampled classes of all ranks,
    in rank order, are the step's classes;
 4. the margin logits ``X W_r^T`` (the target column with its margin) are seen tile by
    tile on the fused path; per-row statistics of the shards merge exactly across ranks
@@ -69,17 +69,54 @@ __all__ = ["shard_range", "shard_rows", "partial_fc_loss", "partial_fc_sample"]
 
 
 def shard_range(num_classes: int, rank: int, world_size: int) -> tuple[int, int]:
-    """``[start, end)`` of rank ``rank``'s classes: ``C // W`` each, one more on the first
-    ``C % W`` ranks, contiguous in rank order."""
+    """``[start, end)`` of rank ``rank``'s classes, contiguous in rank order.
+
+    ::
+
+        C_r = C // W + (1 if r < C % W else 0),    start_r = sum_{k < r} C_k
+
+    Args:
+        num_classes: ``C``.
+        rank: ``r``, in ``[0, W)``.
+        world_size: ``W``.
+    Returns:
+        ``(start, end)``, two ints.
+    Example:
+        >>> from crossent import partial_fc
+        >>> [partial_fc.shard_range(10, r, 3) for r in range(3)]
+        [(0, 4), (4, 7), (7, 10)]
+
+    References:
+        An et al., "Partial FC: Training 10 Million Identities on a Single Machine", 2021.
+    """
     base, extra = divmod(int(num_classes), int(world_size))
     start = rank * base + min(rank, extra)
     return start, start + base + (1 if rank < extra else 0)
 
 
 def shard_rows(num_classes: int, rank: int, world_size: int, centers: int = 1) -> slice:
-    """The rows of a full ``(num_classes * centers, D)`` weight that shard ``rank`` holds
-    (``full[shard_rows(...)]`` is its ``head.weight``; class ``c``'s centres are rows
-    ``c * centers ... c * centers + centers - 1``)."""
+    """The rows of a full ``(num_classes * centers, D)`` weight that shard ``rank`` holds.
+
+    ::
+
+        shard_rows = slice(start * K, end * K),   (start, end) = shard_range(C, r, W)
+
+    ``full[shard_rows(...)]`` is its ``head.weight``; class ``c``'s centres are rows
+    ``c * centers ... c * centers + centers - 1``.
+
+    Args:
+        num_classes, rank, world_size: as :func:`shard_range`.
+        centers: ``K``, the centres per class.
+    Returns:
+        A ``slice`` of rows.
+    Example:
+        >>> from crossent import partial_fc
+        >>> partial_fc.shard_rows(10, 1, 3, centers=2)
+        slice(8, 14, None)
+
+    References:
+        An et al., "Partial FC: Training 10 Million Identities on a Single Machine", 2021.
+    """
     start, end = shard_range(num_classes, rank, world_size)
     return slice(start * centers, end * centers)
 
@@ -93,10 +130,38 @@ def check_sample_rate(value) -> float:
 
 def partial_fc_sample(target: torch.Tensor, num_classes: int, sample_rate: float, *,
                       ignore_index: int = -100, generator: torch.Generator | None = None):
-    """``(classes, remapped_target)``: the sorted sampled class indices ``(S,)`` (every
-    positive of ``target`` kept, ``S = max(int(sample_rate * num_classes), 1, #positives)``:
-    at least one class, so that a small class shard without positives still takes part)
-    and ``target`` re-indexed into them (``ignore_index`` rows unchanged)."""
+    """Partial FC's class sampling: every positive class plus random negatives, labels remapped.
+
+    ::
+
+        S = max(int(sample_rate * num_classes), 1, #positives)
+        classes = sorted(positives + random others),   classes[remapped[i]] = target[i]
+
+    At least one class, so that a small class shard without positives still takes part.
+
+    Args:
+        target: class indices.
+        num_classes: ``C``.
+        sample_rate: in ``(0, 1]``.
+        ignore_index: target value left unchanged (and not a positive).
+        generator: a ``torch.Generator`` for reproducible sampling (on the CPU).
+    Shape:
+        target ``(N,)``; classes ``(S,)``; remapped ``(N,)``.
+    Returns:
+        ``(classes, remapped_target)``: the sorted sampled class indices and ``target``
+        re-indexed into them (``ignore_index`` rows unchanged).
+    Example:
+        >>> import torch, crossent as ce
+        >>> y = torch.tensor([7, 2, 7, -100])
+        >>> classes, remapped = ce.partial_fc_sample(y, 10, 0.5, generator=torch.Generator().manual_seed(0))
+        >>> classes.numel(), bool(torch.isin(torch.tensor([2, 7]), classes).all())
+        (5, True)
+        >>> torch.equal(classes[remapped[:3]], y[:3]), remapped[3].item()
+        (True, -100)
+
+    References:
+        An et al., "Partial FC: Training 10 Million Identities on a Single Machine", 2021.
+    """
     rate = check_sample_rate(sample_rate)
     valid = target != ignore_index
     positives = torch.unique(target[valid])
@@ -150,16 +215,55 @@ def partial_fc_loss(spec: MarginSpec, embeddings: torch.Tensor, weight: torch.Te
                     ignore_index: int = -100, label_smoothing: float = 0.0,
                     memory_budget=None, token_chunk_size=None, vocab_chunk_size=None,
                     backend: str = "auto", context: str = "crossent Partial FC"):
-    """``(loss, classes)``: the margin loss ``spec`` of the global batch over the sharded
-    classes (see the module) and this shard's classes used in the step (global ids,
-    sorted; all of the shard without sampling). ``embeddings`` ``(N_r, D)`` and
-    ``target`` ``(N_r,)`` are this rank's batch; ``weight`` ``(C_r * K, D)`` its class
-    shard of ``num_classes`` classes.
+    """The margin loss of the global batch over classes sharded across ranks (Partial FC).
+
+    ::
+
+        X = all_gather(x_r),   Y = all_gather(y_r)
+        loss = margin cross-entropy of X over the sampled classes of every shard W_r
 
     Every argument is checked before the first collective, and the class weights' norms
     with them (all of the shard without sampling; with sampling, the sampled rows, their
     verdict travelling with the label all-reduce): whatever one rank finds wrong raises
-    on every rank."""
+    on every rank.
+
+    Args:
+        spec: the head's margin, :func:`crossent.margin.margin_spec`.
+        embeddings: this rank's batch ``x_r``.
+        weight: this rank's class shard of ``num_classes`` classes.
+        target: this rank's labels (global class ids).
+        group: the ``torch.distributed`` process group.
+        num_classes: ``C``, over all shards.
+        sample_rate, generator: Partial FC's sampling, per shard (1: every class).
+        reduction: ``'mean'`` or ``'sum'`` (not ``'none'``).
+        ignore_index, label_smoothing, memory_budget, token_chunk_size, vocab_chunk_size,
+            backend: as :func:`crossent.arcface_loss`.
+        context: names the call in error messages.
+    Shape:
+        embeddings ``(N_r, D)``, target ``(N_r,)``, weight ``(C_r * K, D)``.
+    Returns:
+        ``(loss, classes)``: the loss of the global batch (the same on every rank) and this
+        shard's classes used in the step (global ids, sorted; all of the shard without
+        sampling).
+    Example:
+        >>> import torch, torch.distributed as dist, crossent as ce
+        >>> from crossent import partial_fc
+        >>> from crossent.margin import margin_spec
+        >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        >>> _ = torch.manual_seed(0)
+        >>> x, W, y = torch.randn(4, 8), torch.randn(10, 8), torch.tensor([1, 0, 9, 4])
+        >>> spec = margin_spec("arcface", scale=16.0, margin=0.3)
+        >>> loss, classes = partial_fc.partial_fc_loss(spec, x, W, y, group=dist.group.WORLD,
+        ...                                            num_classes=10)
+        >>> torch.allclose(loss, ce.arcface_loss(x, W, y, scale=16.0, margin=0.3))
+        True
+        >>> dist.destroy_process_group()
+
+    References:
+        An et al., "Partial FC: Training 10 Million Identities on a Single Machine", 2021.
+        An et al., "Killing Two Birds with One Stone: Efficient and Robust Training of Face
+        Recognition CNNs by Partial FC", 2022.
+    """
     rank, world = D.rank_and_size(group)
     k = spec.centers
     sampling = sample_rate < 1.0
