@@ -281,3 +281,25 @@ def test_harness_reports_a_hang_as_a_timeout():
         with pytest.raises(RankTimeout, match=r"rank\(s\) \[0\] did not answer"):
             pool.outcomes(_hang_job, timeout=10)  # rank 1 answers at once; 10 s leaves room on a loaded CI machine
         assert not pool.running  # killed; the next job would start a fresh pool
+
+
+def test_merge_row_stats_packs_odd_rows_and_strided_slices():
+    """The packed all-gather of merge_row_stats: an int64 argmax after an odd number of
+    float32 rows (byte offset 12 N, not a multiple of 8) and one-element column slices
+    (stride 5) come back intact; expected values from torch.logsumexp / argmax."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        for n in (1, 3, 5):
+            z = torch.randn(n, 5)
+            state = _stats.RowStats(z.amax(1), (z - z.amax(1, keepdim=True)).exp().sum(1),
+                                    z[:, 0], None, z.argmax(1))
+            merged, (mass,) = D.merge_row_stats(state, dist.group.WORLD, col_offset=2,
+                                                sums=[z[:, 1]])
+            torch.testing.assert_close(_stats.logsumexp(merged), torch.logsumexp(z, 1))
+            assert torch.equal(merged.argmax, z.argmax(1) + 2)
+            torch.testing.assert_close(merged.dot, z[:, 0])
+            torch.testing.assert_close(mass, z[:, 1])
+    finally:
+        dist.destroy_process_group()

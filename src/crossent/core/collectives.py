@@ -733,15 +733,30 @@ def check_replicated(context: str, name: str, tensor: torch.Tensor, group) -> No
 # ------------------------------------------------------------------- statistics
 
 
+def _as_bytes(p: torch.Tensor) -> torch.Tensor:
+    """``p``'s elements as bytes, in order (a copy only where ``p`` has no unit stride: a
+    one-element column slice counts as contiguous yet cannot be viewed as bytes)."""
+    flat = p.detach().reshape(-1)
+    if flat.numel() and flat.stride(0) != 1:
+        flat = torch.empty(flat.shape, dtype=flat.dtype, device=flat.device).copy_(flat)
+    return flat.view(torch.uint8)
+
+
 def _pack(pieces: Sequence[torch.Tensor]) -> torch.Tensor:
-    return torch.cat([p.detach().contiguous().reshape(-1).view(torch.uint8) for p in pieces])
+    return torch.cat([_as_bytes(p) for p in pieces])
 
 
 def _unpack(buf: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The pieces of :func:`_pack` back, typed like ``like``. A piece whose byte offset is
+    not a multiple of its element size (an int64 after an odd count of float32s) is
+    copied first: a dtype view needs an aligned start."""
     out, start = [], 0
     for p in like:
         n = _nbytes(p)
-        out.append(buf[start:start + n].view(p.dtype).reshape(p.shape))
+        piece = buf[start:start + n]
+        if start % p.element_size():
+            piece = piece.clone()
+        out.append(piece.view(p.dtype).reshape(p.shape))
         start += n
     return out
 
