@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import contrastive_reference as ref
 import crossent as ce
 from crossent.core import tiles
 from crossent.core.tiles import chunk_rows, plan_tiles, row_chunks
@@ -236,12 +237,6 @@ def test_linear_cross_entropy_at_the_minimum_tiles_the_vocabulary():
             torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-13)
 
 
-def _clip_reference(a, b, scale):
-    z = scale * a @ b.T
-    t = torch.arange(a.shape[0])
-    return (F.cross_entropy(z, t) + F.cross_entropy(z.T, t)) / 2
-
-
 def test_clip_loss_rejects_a_budget_below_one_tile():
     g = torch.Generator().manual_seed(2)
     img = F.normalize(torch.randn(40, 8, generator=g, dtype=torch.float64), dim=1)
@@ -254,7 +249,7 @@ def test_clip_loss_rejects_a_budget_below_one_tile():
         ce.clip_loss(img, txt, 10.0, memory_budget=least - 1)
     img.requires_grad_()
     loss = ce.clip_loss(img, txt, 10.0, memory_budget=least)  # 8 x 32 tiles
-    want = _clip_reference(img, txt, 10.0)
+    want = ref.clip(img, txt, 10.0)
     torch.testing.assert_close(loss, want, rtol=1e-12, atol=0)
     torch.testing.assert_close(torch.autograd.grad(loss, img)[0],
                                torch.autograd.grad(want, img)[0], rtol=1e-10, atol=1e-13)
@@ -314,6 +309,6 @@ def test_tiny_explicit_tiles_stay_legal():
     a = F.normalize(torch.randn(6, 4, dtype=torch.float64), dim=1)
     b = F.normalize(torch.randn(6, 4, dtype=torch.float64), dim=1)
     torch.testing.assert_close(ce.clip_loss(a, b, 3.0, tile_rows=1, tile_cols=1),
-                               _clip_reference(a, b, 3.0), rtol=1e-12, atol=0)
+                               ref.clip(a, b, 3.0), rtol=1e-12, atol=0)
     assert plan_tiles(10, 10, kind="similarity", tile_rows=1, tile_cols=1) == tiles.TilePlan(1, 1)
     assert plan_tiles(0, 0, kind="linear") == tiles.TilePlan(1, 1)  # empty problems: one tile
