@@ -17,6 +17,7 @@ from torch.utils._pytree import tree_leaves
 import contrastive_reference as ref
 import crossent as ce
 from crossent import contrastive
+from crossent.core import tiles
 from crossent.kernels import similarity
 
 D = torch.float64
@@ -339,7 +340,7 @@ def test_clip_is_one_pass_over_the_tiles(monkeypatch):
 
 def test_memory_budget_sets_the_tiles():
     p = similarity.plan(32768, 32768, memory_budget=None)
-    assert p.rows * p.cols * 4 * similarity.TILE_BUFFERS <= similarity.DEFAULT_MEMORY_BUDGET
+    assert p.rows * p.cols * 4 * similarity.TILE_BUFFERS <= tiles.BUDGETS["similarity", "cpu"]
     small = similarity.plan(32768, 32768, memory_budget=1 << 20)
     assert small.rows * small.cols * 4 * similarity.TILE_BUFFERS <= 1 << 20
     img, txt = _leaf(50, 4, seed=35), _leaf(50, 4, seed=36)

@@ -16,8 +16,8 @@ after DDP averages the gradients of replicated parameters they equal those of on
 process holding the global batch (see :mod:`crossent.contrastive.sharded` for the two
 designs, ``design='gather'`` and ``design='ring'``). Local batch sizes may differ.
 
-Common keyword arguments: ``memory_budget`` (bytes of score tiles, default
-:data:`crossent.kernels.similarity.DEFAULT_MEMORY_BUDGET`), ``tile_rows`` /
+Common keyword arguments: ``memory_budget`` (bytes of score tiles, default 48 MiB:
+:data:`crossent.core.tiles.BUDGETS`; at least 3 KiB), ``tile_rows`` /
 ``tile_cols`` (explicit tile shape), ``backend`` (``'auto'``: Triton on CUDA when
 installed, else plain PyTorch). Half-precision features accumulate in float32 and the
 loss is returned in float32.

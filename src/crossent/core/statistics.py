@@ -18,7 +18,8 @@ formulas while this function supplies the ``N x C`` part of the chain rule::
 The backward keeps only the caller's logits (and probability target) and the ``(n,)``
 log-sum-exp: no ``N x C`` buffer is saved, unlike PyTorch's ``log_softmax`` output.
 Work is done in row chunks in float32 (float64 for float64 inputs), so half inputs
-never accumulate in half precision and temporaries stay bounded.
+never accumulate in half precision and temporaries stay bounded (chunks of the ``"rows"``
+budget of :data:`crossent.core.tiles.BUDGETS`: :func:`crossent.core.tiles.row_chunks`).
 
 Layout: input ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dK)``; rows are
 ``input.movedim(1, -1).reshape(-1, C)`` and results come back in that row order
@@ -35,12 +36,7 @@ import torch
 from . import stats as _stats
 from .reduction import accumulation_dtype
 from .targets import ClassIndexTarget, ClassProbTarget
-
-# Rows per chunk are chosen so one chunk holds about this many float elements: on CPU
-# a few MiB that stay in cache between the passes over a chunk (4 MiB measured best at
-# N=4096, C=32000); on GPUs large chunks, so that launches are few.
-CHUNK_ELEMENTS = 1 << 20
-CUDA_CHUNK_ELEMENTS = 1 << 26
+from .tiles import chunk_rows, row_chunks
 
 
 def to_rows(x: torch.Tensor) -> torch.Tensor:
@@ -111,24 +107,11 @@ def _softmax_into(z: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
     return torch._softmax(z, 1, False, out=out)
 
 
-def _chunk_rows(rows: torch.Tensor) -> int:
-    num_rows, num_classes = rows.shape
-    elements = CUDA_CHUNK_ELEMENTS if rows.device.type == "cuda" else CHUNK_ELEMENTS
-    return max(1, min(num_rows, elements // max(num_classes, 1)))
-
-
-def _chunks(rows: torch.Tensor):
-    num_rows = rows.shape[0]
-    step = _chunk_rows(rows)
-    for start in range(0, num_rows, step):
-        yield start, min(start + step, num_rows)
-
-
 def _chunk_buffer(rows: torch.Tensor, dtype: torch.dtype, needed: bool) -> torch.Tensor | None:
     """One reusable ``chunk x C`` buffer (allocating per chunk costs page faults)."""
     if not needed:
         return None
-    return torch.empty(_chunk_rows(rows), rows.shape[1], dtype=dtype,
+    return torch.empty(chunk_rows(*rows.shape, "rows", rows.device), rows.shape[1], dtype=dtype,
                        device=rows.device)
 
 
@@ -168,7 +151,7 @@ class _SoftmaxStatisticsFunction(torch.autograd.Function):
         # The lse alone: softmax overwrites the float copy of the chunk when there is one
         # (half inputs, a transform), else it needs a scratch buffer (never the caller's).
         scratch = _chunk_buffer(rows, acc, plain and not copied)
-        for start, end in _chunks(rows):
+        for start, end in row_chunks(*rows.shape, "rows", rows.device):
             z = transform.apply(rows[start:end], acc, out=scores)
             if plain:
                 dot[start:end] = target.rows(start, end).dot(z)  # before z is overwritten
@@ -219,7 +202,7 @@ class _SoftmaxStatisticsFunction(torch.autograd.Function):
         direct = need_input and grad_rows.dtype == acc
         in_place = need_input and not direct and transform.identity and not need_probs
         staging = _chunk_buffer(rows, acc, need_input and not (direct or in_place))
-        for start, end in _chunks(rows):
+        for start, end in row_chunks(*rows.shape, "rows", rows.device):
             z = transform.apply(rows[start:end], acc, out=scores)
             if need_input:
                 out = grad_rows[start:end] if direct else z if in_place else staging[: end - start]

@@ -50,10 +50,10 @@ import torch
 from ..core.checks import ArgumentError
 from ..core.statistics import ScoreTransform
 from ..core.targets import ClassIndexTarget
+from ..core.tiles import row_chunks
 from .margin_spec import MarginSpec
 
 _PLAIN = ScoreTransform()
-_NORM_CHUNK = 1 << 16  # weight rows per chunk in the streaming passes over W
 
 
 def build(kind: str, args, x: torch.Tensor, weight: torch.Tensor,
@@ -75,13 +75,14 @@ def extra_tile_buffers(centers: int) -> int:
 
 
 def _row_norms(w: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
-    """``||w_r||`` for each row, in ``acc``; half inputs are upcast chunk by chunk."""
+    """``||w_r||`` for each row, in ``acc``; half inputs are upcast chunk by chunk (the
+    ``"weight_norms"`` chunks of :data:`crossent.core.tiles.BUDGETS`)."""
     w = w.detach()
     if w.dtype == acc:
         return torch.linalg.vector_norm(w, dim=1)
     out = torch.empty(w.shape[0], dtype=acc, device=w.device)
-    for r0 in range(0, w.shape[0], _NORM_CHUNK):
-        out[r0:r0 + _NORM_CHUNK] = torch.linalg.vector_norm(w[r0:r0 + _NORM_CHUNK].to(acc), dim=1)
+    for r0, r1 in row_chunks(w.shape[0], 1, "weight_norms", w.device):
+        out[r0:r1] = torch.linalg.vector_norm(w[r0:r1].to(acc), dim=1)
     return out
 
 
@@ -177,10 +178,10 @@ class MarginScores:
         """Complete ``dW`` after every band: the projection (normalised ``W``) or the
         ``delta`` terms of the target rows (L-Softmax)."""
         if self.col is not None:
-            for r0 in range(0, grad_w.shape[0], _NORM_CHUNK):
-                g = grad_w[r0:r0 + _NORM_CHUNK]
-                w = self.weight[r0:r0 + _NORM_CHUNK].to(g.dtype)
-                b = self.col[r0:r0 + _NORM_CHUNK]
+            for r0, r1 in row_chunks(grad_w.shape[0], 1, "weight_norms", grad_w.device):
+                g = grad_w[r0:r1]
+                w = self.weight[r0:r1].to(g.dtype)
+                b = self.col[r0:r1]
                 g.addcmul_(w, (-_rowdot(w, g) * b * b).unsqueeze(1))
             return
         k = self.spec.centers

@@ -47,7 +47,6 @@ Radford et al., "Learning Transferable Visual Models From Natural Language Super
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -55,20 +54,14 @@ import torch
 
 from ..core import stats as _stats
 from ..core.reduction import accumulation_dtype
-from .dispatch import TilePlan, plan_tiles
+from ..core.tiles import TilePlan, plan_tiles
 
-# Default bytes of similarity tiles: 1024 x 4096 float32 tiles (three buffers, 48 MiB).
-# Smaller tiles (256 x 1024) keep the exponentials in cache and ran a little faster on an
-# idle 2-core CPU, but every tile costs a dozen multi-threaded kernel launches, and when
-# the cores are shared with other processes each launch's thread barrier can wait for a
-# descheduled thread: at batch 8192 small tiles then ran 5x slower than the full-matrix
-# formula (BENCHMARKS.md). Fewer, larger tiles are robust to that; memory stays
-# ``batch x tile`` (under 0.3 GiB at batch 32768, dim 256).
-DEFAULT_MEMORY_BUDGET = 48 << 20
-DEFAULT_TILE_ROWS = 1024
 # Tile-sized float buffers alive at once: the score tile, logsumexp's temporaries
 # (forward) or the second exponential (backward), the target mask.
 TILE_BUFFERS = 3
+# Tiles four times wider than tall (1024 x 4096 at the default budget of
+# crossent.core.tiles.BUDGETS["similarity", ...]).
+TILE_ASPECT = 4
 
 AGGREGATES = ("softmax", "sigmoid")
 
@@ -192,17 +185,16 @@ class Block:
 
 
 def plan(n: int, m: int, *, memory_budget: int | None = None,
-         tile_rows: int | None = None, tile_cols: int | None = None) -> TilePlan:
-    """Tile sizes whose :data:`TILE_BUFFERS` float tiles fit ``memory_budget`` bytes:
-    about four times as many columns as rows (at most :data:`DEFAULT_TILE_ROWS` rows),
-    as many columns as the budget then allows; explicit ``tile_rows`` / ``tile_cols`` win."""
-    budget = memory_budget or DEFAULT_MEMORY_BUDGET
-    if tile_rows is None and tile_cols is None:
-        # tiles four times wider than tall (1024 x 4096 at the default budget)
-        elements = max(1, budget // (TILE_BUFFERS * 4))
-        tile_rows = max(1, min(DEFAULT_TILE_ROWS, math.isqrt(elements // 4)))
-    return plan_tiles(n, m, buffers=TILE_BUFFERS, memory_budget=budget,
-                      token_chunk_size=tile_rows, vocab_chunk_size=tile_cols)
+         tile_rows: int | None = None, tile_cols: int | None = None,
+         device: torch.device | str = "cpu") -> TilePlan:
+    """Tile sizes whose :data:`TILE_BUFFERS` float tiles fit ``memory_budget`` bytes
+    (default ``crossent.core.tiles.BUDGETS["similarity", device type]``): tiles
+    :data:`TILE_ASPECT` times wider than tall, at most
+    :data:`~crossent.core.tiles.WIDE_MAX_ROWS` rows, as many columns as the budget then
+    allows; explicit ``tile_rows`` / ``tile_cols`` win (:func:`crossent.core.tiles.plan_tiles`)."""
+    return plan_tiles(n, m, kind="similarity", device=device, buffers=TILE_BUFFERS,
+                      memory_budget=memory_budget, tile_rows=tile_rows, tile_cols=tile_cols,
+                      aspect=TILE_ASPECT, names=("tile_rows", "tile_cols"))
 
 
 class Operands(NamedTuple):

@@ -29,7 +29,7 @@ Wijmans et al., "Cut Your Losses in Large-Vocabulary Language Models" (2024) and
 al., "Liger Kernel" (2024) describe the same idea on GPUs.
 
 Contract shared with the Triton backend: :func:`run` takes a :class:`LinearProblem`,
-a :class:`~crossent.kernels.dispatch.TilePlan` and
+a :class:`~crossent.core.tiles.TilePlan` and
 
 - ``row_scale`` ``(N,)`` acc dtype or None: the ``r`` above (None: statistics only);
 - ``lse`` ``(N,)`` or None: known log-sum-exp (then only gradients are formed);
@@ -57,7 +57,7 @@ from ..core import stats as _stats
 from ..core.reduction import accumulation_dtype
 from ..core.statistics import ScoreTransform
 from ..core.targets import ClassIndexTarget, ClassProbTarget
-from .dispatch import TilePlan
+from ..core.tiles import TilePlan
 
 
 @dataclass

@@ -27,8 +27,8 @@ import triton
 import triton.language as tl
 
 from ..core.targets import ClassIndexTarget
+from ..core.tiles import TilePlan
 from . import torch_chunked
-from .dispatch import TilePlan
 from .torch_chunked import LinearProblem, LinearResult
 
 

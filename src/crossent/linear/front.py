@@ -35,8 +35,9 @@ from ..core.reduction import ALL_IGNORED_CHOICES, accumulation_dtype, mean_scale
 from ..core.statistics import ScoreTransform
 from ..core.stats import cross_entropy_rows
 from ..core.targets import ClassIndexTarget, ClassProbTarget
+from ..core.tiles import TilePlan, plan_tiles
 from ..kernels import margin_scores
-from ..kernels.dispatch import get_backend, plan_tiles, resolve_backend
+from ..kernels.dispatch import get_backend, resolve_backend
 from ..kernels.torch_chunked import LinearProblem, tile_buffers
 from .sharded import parallel_linear_cross_entropy
 
@@ -83,8 +84,6 @@ def _linear_ce_op(
     """Returns ``(loss, lse, entropy, argmax, grad_x, grad_weight, grad_bias)``; the
     gradients (for a unit upstream gradient) only for scalar reductions, else empty.
     ``margin``/``margin_args``: a margin head's spec (:mod:`crossent.margin`), or "" for none."""
-    from ..kernels.dispatch import TilePlan
-
     num_classes = margin_scores.num_classes(margin, margin_args, weight)
     target = _target(x, index, probs, class_weight, ignore_index, label_smoothing, num_classes)
     acc = accumulation_dtype(x.dtype)
@@ -144,8 +143,6 @@ def _linear_ce_backward_op(
     margin: str = "", margin_args: Optional[Sequence[float]] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exact per-row gradients of ``reduction='none'``: tiles recomputed against ``lse``."""
-    from ..kernels.dispatch import TilePlan
-
     num_classes = margin_scores.num_classes(margin, margin_args, weight)
     target = _target(x, index, probs, class_weight, ignore_index, label_smoothing, num_classes)
     row_scale = grad_loss.to(lse.dtype) * target.valid
@@ -353,10 +350,11 @@ def _plan(a: LinearArgs, num_classes: int, return_stats: bool, memory_budget, to
         a.probs.dtype != accumulation_dtype(a.x.dtype) or a.label_smoothing > 0 or weighted)
     buffers = tile_buffers(transform, grads=a.need_x or a.need_w or a.need_b,
                            entropy=return_stats, probs=probs_buffer)
-    return plan_tiles(a.x.shape[0], num_classes, buffers=buffers, memory_budget=memory_budget,
-                      token_chunk_size=token_chunk_size, vocab_chunk_size=vocab_chunk_size,
-                      recompute=recompute, accumulator_width=a.x.shape[1] if a.need_x else 0,
-                      device=a.x.device)
+    return plan_tiles(a.x.shape[0], num_classes,
+                      kind="linear_recompute" if recompute else "linear", device=a.x.device,
+                      buffers=buffers, memory_budget=memory_budget, tile_rows=token_chunk_size,
+                      tile_cols=vocab_chunk_size,
+                      accumulator_width=a.x.shape[1] if a.need_x else 0)
 
 
 def _with_stats(loss, lse, ent, best, input, return_stats: bool):
@@ -416,8 +414,9 @@ def linear_cross_entropy(
         return_stats: also return per-row log-sum-exp, entropy and argmax, as
             :class:`crossent.CrossEntropyStats`.
         memory_budget: bytes bounding the float32 logit tiles (default 32 MiB, 8 MiB for
-            ``reduction='none'``, whose backward recomputes them; see
-            :mod:`crossent.kernels.dispatch`).
+            ``reduction='none'``, whose backward recomputes them; 256 / 64 MiB on CUDA; at
+            least :func:`crossent.core.tiles.min_memory_budget`, about 1 KiB per tile
+            buffer plus ``4 H`` bytes; see :mod:`crossent.core.tiles`).
         token_chunk_size, vocab_chunk_size: override the chosen tile sizes.
         backend: ``'auto'`` (Triton on CUDA, PyTorch elsewhere), ``'torch'`` or
             ``'triton'``.

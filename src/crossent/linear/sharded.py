@@ -21,24 +21,22 @@ from ..core.sharded import Shards, agree, agreement_fields, merge_shards, shard_
 from ..core.statistics import ScoreTransform
 from ..core.stats import cross_entropy_rows
 from ..core.targets import ClassIndexTarget, ClassProbTarget
+from ..core.tiles import TilePlan, row_chunks
 from ..kernels import margin_scores
-from ..kernels.dispatch import TilePlan, get_backend
+from ..kernels.dispatch import get_backend
 from ..kernels.torch_chunked import LinearProblem
 
 __all__ = ["parallel_linear_cross_entropy"]
 
-# rows per chunk when scores at the argmax are recomputed from x and W
-_SCORE_CHUNK_ELEMENTS = 1 << 22
 
 def _linear_scores_at(p: LinearProblem, index: torch.Tensor) -> torch.Tensor:
-    """``z_i[index_i]`` recomputed from ``x``, ``W`` and ``b`` in row chunks (for the argmax
+    """``z_i[index_i]`` recomputed from ``x``, ``W`` and ``b`` in row chunks (the
+    ``"target_scores"`` budget of :data:`crossent.core.tiles.BUDGETS`, for the argmax
     comparison across shards): ``N x H`` work, no ``N x C`` tile."""
     acc = p.acc
     n, h = p.x.shape
     out = torch.empty(n, dtype=acc, device=p.x.device)
-    step = max(1, _SCORE_CHUNK_ELEMENTS // max(h, 1))
-    for s in range(0, n, step):
-        e = min(s + step, n)
+    for s, e in row_chunks(n, h, "target_scores", p.x.device):
         w = p.weight[index[s:e]].to(acc)
         v = torch.bmm(w.unsqueeze(1), p.x[s:e].to(acc).unsqueeze(2)).reshape(-1)
         if p.bias is not None:

@@ -26,8 +26,8 @@ through the normalisation tile by tile. Memory beyond the weight gradient: the l
 Arguments shared by every loss: ``reduction``, ``ignore_index`` and ``label_smoothing`` as
 in :func:`crossent.cross_entropy` (label smoothing spreads over the margin-adjusted
 logits), and the tiling controls of :func:`crossent.linear_cross_entropy`
-(``memory_budget``, default :data:`DEFAULT_MEMORY_BUDGET` here, ``token_chunk_size``,
-``vocab_chunk_size``, ``backend``; the Triton
+(``memory_budget``, default 128 MiB here, 2 GiB on CUDA: :data:`crossent.core.tiles.BUDGETS`;
+``token_chunk_size``, ``vocab_chunk_size``, ``backend``; the Triton
 backend has no margin kernels, so margin heads always run on the PyTorch backend).
 Zero-norm embeddings (on rows that are not ignored) and zero-norm class weights raise
 :class:`crossent.ArgumentError`: they have no angle.
@@ -43,8 +43,9 @@ import math
 import torch
 
 from ..core import checks as _checks
+from ..core.tiles import plan_tiles
 from ..kernels import margin_scores
-from ..kernels.dispatch import plan_tiles, resolve_backend
+from ..kernels.dispatch import resolve_backend
 from ..kernels.margin_spec import MarginSpec, anneal_lambda
 from ..linear.front import _linear_ce_op
 
@@ -62,15 +63,6 @@ __all__ = [
 ]
 
 GRADIENTS = ("exact", "straight_through")
-
-#: Default bytes of logit tiles for scalar reductions. Margin heads see small batches and
-#: very many classes: 128 MiB lets a 512-row batch over 100,000 classes take whole rows
-#: (one pass, three matmuls instead of four); at 1,000,000 classes the peak stays about
-#: 134 MiB above the weight gradient (BENCHMARKS.md). ``reduction='none'`` keeps the
-#: linear cross-entropy's recompute default.
-DEFAULT_MEMORY_BUDGET = 128 << 20
-#: on CUDA: whole rows of a million classes for a 512-row batch in one pass (2 GiB)
-CUDA_DEFAULT_MEMORY_BUDGET = 2 << 30
 
 # ----------------------------------------------------------------------------- specs
 
@@ -216,17 +208,18 @@ def _check_target(target, n: int, num_classes: int, ignore_index: int, device) -
 def margin_plan(spec: MarginSpec, embeddings: torch.Tensor, num_classes: int, reduction: str,
                 need_x: bool, memory_budget=None, token_chunk_size=None, vocab_chunk_size=None):
     """Tile plan of a margin loss over ``embeddings``' rows and ``num_classes`` classes
-    (:data:`DEFAULT_MEMORY_BUDGET`, or :data:`CUDA_DEFAULT_MEMORY_BUDGET` on CUDA, unless
-    ``reduction='none'`` or a budget is given)."""
-    if memory_budget is None and reduction != "none":
-        cuda = embeddings.device.type == "cuda"
-        memory_budget = CUDA_DEFAULT_MEMORY_BUDGET if cuda else DEFAULT_MEMORY_BUDGET
+    (:func:`crossent.core.tiles.plan_tiles`, whole rows first): budget ``"margin"`` of
+    :data:`crossent.core.tiles.BUDGETS` for scalar reductions, ``"linear_recompute"`` for
+    ``reduction='none'`` (its backward recomputes the tiles, as the linear path's does);
+    the centre tile of sub-centre heads counts as extra buffers, ``dx``'s accumulator as
+    ``D`` floats per row when ``need_x``."""
     return plan_tiles(embeddings.shape[0], num_classes,
+                      kind="linear_recompute" if reduction == "none" else "margin",
+                      device=embeddings.device,
                       buffers=1 + margin_scores.extra_tile_buffers(spec.centers),
-                      memory_budget=memory_budget, token_chunk_size=token_chunk_size,
-                      vocab_chunk_size=vocab_chunk_size, recompute=reduction == "none",
-                      accumulator_width=embeddings.shape[1] if need_x else 0,
-                      device=embeddings.device)
+                      memory_budget=memory_budget, tile_rows=token_chunk_size,
+                      tile_cols=vocab_chunk_size,
+                      accumulator_width=embeddings.shape[1] if need_x else 0)
 
 
 def _fused_loss(spec: MarginSpec, embeddings, weight, target, *, reduction="mean",

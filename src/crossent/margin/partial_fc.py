@@ -290,8 +290,10 @@ def partial_fc_loss(spec: MarginSpec, embeddings: torch.Tensor, weight: torch.Te
         _checks.check_index_target_dtype(target)
         _checks.check_index_bounds(target, num_classes, ignore_index)
         backend = resolve_backend(backend, embeddings.device)
-        margin_plan(spec, embeddings, local_classes, reduction, False, memory_budget,
-                    token_chunk_size, vocab_chunk_size)  # checks the tile options
+        # checks the tile options (the budget's minimum counts dx's accumulator row)
+        margin_plan(spec, embeddings, local_classes, reduction,
+                    torch.is_grad_enabled() and embeddings.requires_grad, memory_budget,
+                    token_chunk_size, vocab_chunk_size)
         if sampling and generator is not None and generator.device.type != "cpu":
             raise _checks.ArgumentError(
                 f"generator must be a CPU torch.Generator (the sampling draws on the CPU), got "
