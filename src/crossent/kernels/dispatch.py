@@ -1,4 +1,4 @@
-"""Backend choice and tile sizes for the fused linear cross-entropy.
+"""Backend choice (one ``(op, backend)`` table) and tile sizes.
 
 Tile sizes follow a memory budget: the ``rows x cols`` logit tiles (float32, times the
 number of tile-sized buffers a pass keeps alive) must fit in ``memory_budget`` bytes.
@@ -45,7 +45,16 @@ MIN_BAND_ROWS = 128
 MIN_VOCAB_TILE = 256
 
 BACKENDS = ("torch", "triton")
-_MODULES = {"torch": "crossent.kernels.torch_chunked", "triton": "crossent.kernels.triton_linear"}
+OPS = ("linear", "similarity")
+# The one (op, backend) table: every score source's PyTorch engine and its Triton twin.
+# - "linear": ``run(problem, plan, ...)`` (the contract of :mod:`.torch_chunked`);
+# - "similarity": ``block_forward`` / ``block_backward`` (the contract of :mod:`.similarity`).
+_MODULES = {
+    ("linear", "torch"): "crossent.kernels.torch_chunked",
+    ("linear", "triton"): "crossent.kernels.triton_linear",
+    ("similarity", "torch"): "crossent.kernels.similarity",
+    ("similarity", "triton"): "crossent.kernels.triton_similarity",
+}
 
 
 @dataclass(frozen=True)
@@ -138,6 +147,10 @@ def resolve_backend(name: str, device: torch.device) -> str:
     return name
 
 
-def get_backend(name: str):
-    """The backend module for a resolved name."""
-    return importlib.import_module(_MODULES[name])
+def get_backend(name: str, op: str = "linear"):
+    """The backend module of ``op`` (one of :data:`OPS`) for a resolved backend ``name``
+    (from :func:`resolve_backend`), imported on first use (Triton only when asked for)."""
+    if (op, name) not in _MODULES:
+        raise ArgumentError(f"no backend {name!r} for op {op!r}: expected op in {OPS} and "
+                            f"backend in {BACKENDS}")
+    return importlib.import_module(_MODULES[(op, name)])
