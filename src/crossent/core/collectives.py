@@ -15,7 +15,10 @@ distributed contrastive losses, Partial-FC margin heads) share this small layer:
   autograd-aware collectives under two conventions (below).
 - :func:`merge_row_stats`: per-row softmax statistics of class shards combined across
   ranks exactly as :func:`crossent._stats.merge` combines tiles, from one all-gather of
-  ``(N,)`` vectors, with the same bits on every rank.
+  ``(N,)`` vectors, with the same bits on every rank; :func:`with_merge_gradient` is its
+  chain rule (``d lse / d lse_r = exp(lse_r - lse)``), under either convention below.
+- :func:`spans_ranks` (does a ``group=`` take the across-ranks path: a one-rank group
+  behaves as no group) and :func:`offsets` (where each rank's part starts).
 - :func:`ring_exchange`, :func:`ring_blocks`: point-to-point ring passes (send to the next
   rank, receive from the previous) with uneven block sizes, asynchronous so the caller
   overlaps them with compute.
@@ -108,6 +111,8 @@ __all__ = [
     "TENSOR_PARALLEL",
     "LOCAL_ERRORS",
     "rank_and_size",
+    "spans_ranks",
+    "offsets",
     "comm_device",
     "check_agreement",
     "check_replicated",
@@ -118,6 +123,7 @@ __all__ = [
     "replicated_input",
     "scale_grad",
     "merge_row_stats",
+    "with_merge_gradient",
     "ring_exchange",
     "ring_blocks",
     "count_traffic",
@@ -139,6 +145,23 @@ LOCAL_ERRORS = (ArgumentError, ArgumentTypeError, TargetIndexError, TypeError, V
 def rank_and_size(group) -> tuple[int, int]:
     """This process's rank within ``group`` and the group's size."""
     return dist.get_rank(group), dist.get_world_size(group)
+
+
+def spans_ranks(group) -> bool:
+    """Whether a loss's ``group=`` argument takes its across-ranks path.
+
+    ``None`` and a group of one rank do not: a one-rank group behaves exactly as no group
+    (the single-process path, its checks, its ``torch.compile`` support, no collectives),
+    in every family. A group given while ``torch.distributed`` is not initialised is an
+    :class:`~crossent.ArgumentError` (``torch.distributed.group.WORLD`` is ``None`` then, so
+    code written for ``group=dist.group.WORLD`` still runs on one process).
+    """
+    if group is None:
+        return False
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ArgumentError(f"group={group!r} needs torch.distributed to be initialised "
+                            "(torch.distributed.init_process_group); pass group=None for one process")
+    return dist.get_world_size(group) > 1
 
 
 def comm_device(group) -> torch.device:
@@ -249,11 +272,14 @@ def gather_uneven(x: torch.Tensor, group, sizes: Sequence[int] | None = None) ->
     return [p[:n] for p, n in zip(parts, sizes)]
 
 
-def _offsets(sizes: Sequence[int]) -> list[int]:
+def offsets(sizes: Sequence[int]) -> list[int]:
+    """Where each rank's part starts when the parts are concatenated in rank order:
+    ``offsets(sizes)[r] = sizes[0] + ... + sizes[r - 1]`` (exclusive prefix sums; the total
+    is ``sum(sizes)``). The one place rank offsets are computed (rows, columns, shards)."""
     out, total = [], 0
     for n in sizes:
         out.append(total)
-        total += n
+        total += int(n)
     return out
 
 
@@ -280,7 +306,7 @@ class _AllGather(torch.autograd.Function):
         grad = grad.contiguous()
         rank, _ = rank_and_size(ctx.group)
         if ctx.convention == TENSOR_PARALLEL:
-            start = _offsets(ctx.sizes)[rank]
+            start = offsets(ctx.sizes)[rank]
             return grad[start:start + ctx.sizes[rank]], None, None, None
         return _reduce_scatter_rows(grad, ctx.sizes, ctx.group), None, None, None
 
@@ -506,6 +532,66 @@ def merge_row_stats(stats: _stats.RowStats, group, *, col_offset: int = 0,
         merged = state if merged is None else _stats.merge(merged, state)
         totals = rest if totals is None else [t + r for t, r in zip(totals, rest)]
     return merged, list(totals)
+
+
+def _lse_share(lse_local: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """``d lse / d lse_r = exp(lse_r - lse)`` (0 where the merged row is empty)."""
+    finite = torch.isfinite(lse)
+    zero = torch.zeros((), dtype=lse.dtype, device=lse.device)
+    return torch.where(finite, torch.exp(lse_local - torch.where(finite, lse, zero)), zero)
+
+
+class _MergeGradient(torch.autograd.Function):
+    """The merged ``(lse, *sums)`` (values given), differentiable w.r.t. this rank's
+    ``(lse_r, *parts)``."""
+
+    @staticmethod
+    def forward(ctx, group, convention, lse_r, lse, *pairs):
+        k = len(pairs) // 2
+        ctx.group, ctx.convention, ctx.k = group, convention, k
+        ctx.save_for_backward(lse_r, lse)
+        return (lse.clone(),) + tuple(t.clone() for t in pairs[k:])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        lse_r, lse = ctx.saved_tensors
+        grads = list(grads)
+        if ctx.convention == DATA_PARALLEL:  # sum over ranks of every rank's cotangent
+            flat = _raw_all_reduce(torch.cat([g.reshape(-1) for g in grads]), ctx.group)
+            grads = [part.view_as(g) for part, g in
+                     zip(torch.split(flat, [g.numel() for g in grads]), grads)]
+        g_lse = grads[0] * _lse_share(lse_r, lse)
+        return (None, None, g_lse, None) + tuple(grads[1:]) + (None,) * ctx.k
+
+
+def with_merge_gradient(lse_local: torch.Tensor, lse: torch.Tensor, group, *,
+                        parts: Sequence[torch.Tensor] = (), sums: Sequence[torch.Tensor] = (),
+                        convention: str = DATA_PARALLEL) -> tuple[torch.Tensor, ...]:
+    """The cross-rank log-sum-exp merge, differentiable: the one chain rule of
+    :func:`merge_row_stats`.
+
+    The values are given (``lse``, ``sums``: the merged results, computed without autograd,
+    the same bits on every rank); the gradients flow back to this rank's parts::
+
+        lse = log sum_r exp(lse_r)       d lse / d lse_r = exp(lse_r - lse)   (0 if lse = -inf)
+        s   = sum_r s_r                  d s / d s_r = 1
+
+    Args:
+        lse_local: ``(N,)`` this rank's log-sum-exp ``lse_r``; ``lse``: the merged one.
+        parts / sums: tensors summed across ranks (e.g. the target dot, the target mass):
+            this rank's parts and the merged sums, pairwise of equal shapes.
+        convention: ``'data_parallel'`` (each rank's graph holds its own copy of the loss:
+            the cotangents are all-reduced, one all-reduce in the backward) or
+            ``'tensor_parallel'`` (the loss once, the same cotangent on every rank: no
+            communication). See the module docstring.
+
+    Returns:
+        ``(lse, *sums)``, new tensors carrying the gradient.
+    """
+    _check_convention(convention)
+    if len(parts) != len(sums):
+        raise ArgumentError(f"parts and sums must pair up, got {len(parts)} and {len(sums)}")
+    return _MergeGradient.apply(group, convention, lse_local, lse, *parts, *sums)
 
 
 # ------------------------------------------------------------------------ ring
