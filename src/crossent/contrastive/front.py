@@ -90,28 +90,15 @@ def _finish(total: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------ validation
 
 
-def _check_features(name: str, x: torch.Tensor, dims: tuple[int, ...] = (2,)) -> None:
-    _checks.check_floating(name, x)
-    if x.dim() not in dims:
-        want = " or ".join(f"{d}-D" for d in dims)
-        raise _checks.ArgumentError(f"{name} must be {want} (batch, dim), got shape {list(x.shape)}")
-
-
 def _check_pair(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor, *, same_rows: bool,
                 opts: Options) -> None:
-    _check_features(name_a, a)
-    _check_features(name_b, b)
-    if a.shape[1] != b.shape[1]:
-        raise _checks.ArgumentError(
-            f"{name_a} and {name_b} must have the same feature dimension, got {a.shape[1]} and {b.shape[1]}")
+    _checks.check_matrix(name_a, a, "(batch, dim)")
+    _checks.check_matrix(name_b, b, "(batch, dim)")
+    _checks.check_same_features(name_a, a, name_b, b, dim="feature dimension")
     if same_rows and a.shape[0] != b.shape[0]:
         raise _checks.ArgumentError(
             f"{name_a} and {name_b} must have the same batch size (matched pairs), got "
             f"{a.shape[0]} and {b.shape[0]}")
-    if a.dtype != b.dtype:
-        raise _checks.ArgumentTypeError(f"{name_a} and {name_b} must have the same dtype, got {a.dtype} and {b.dtype}")
-    if a.device != b.device:
-        raise _checks.ArgumentError(f"{name_b} is on {b.device}, expected {a.device} like {name_a}")
     _check_options(opts)
     if not D.spans_ranks(opts.group) and a.shape[0] == 0:
         raise _checks.ArgumentError(f"{name_a} must hold at least one row, got shape {list(a.shape)}")

@@ -97,6 +97,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -411,6 +412,14 @@ def _all_gather_bytes(payload: bytes, group) -> list[bytes]:
     return [p.cpu().numpy().tobytes() for p in gather_uneven(data, group)]
 
 
+def _same_value(x, y) -> bool:
+    """Equality of agreement fields, with NaN equal to NaN (a NaN hyperparameter is the
+    same value on every rank, not a disagreement)."""
+    if isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y):
+        return True
+    return x == y
+
+
 def check_agreement(context: str, group, *, same: Mapping[str, Any],
                     each: Mapping[str, Any] | None = None,
                     error: BaseException | None = None) -> list[dict]:
@@ -452,7 +461,7 @@ def check_agreement(context: str, group, *, same: Mapping[str, Any],
     keys = sorted(set().union(*(rec["same"].keys() for rec in records)))
     for key in keys:
         values = [rec["same"].get(key, missing) for rec in records]
-        if any(v != values[0] for v in values[1:]):
+        if any(not _same_value(v, values[0]) for v in values[1:]):
             shown = ", ".join(
                 f"rank {r}: {'<missing>' if v is missing else repr(v)}" for r, v in enumerate(values)
             )
