@@ -427,7 +427,13 @@ def _one_rank_group_job(rank, world_size):
         "supcon_no_labels": lambda grp: ce.supcon_loss(x, group=grp),  # no labels: fine alone
         "cross_entropy": lambda grp: ce.cross_entropy(z, t, group=grp),
         "linear_cross_entropy": lambda grp: ce.linear_cross_entropy(x, w, t, group=grp),
+        "ArcFace(reduction='none')": lambda grp: _head(grp)(x, t),  # 'none': no-group only
     }
+
+    def _head(grp):
+        torch.manual_seed(3)
+        return ce.ArcFace(7, DIM, group=grp, reduction="none").double()
+
     out = {"spans": collectives.spans_ranks(mine)}
     for name, call in calls.items():
         with collectives.count_traffic() as traffic:
@@ -442,13 +448,14 @@ def _one_rank_group_job(rank, world_size):
 
 
 def test_a_one_rank_group_is_no_group(rank_pool):
-    """core/sharded (cross_entropy, linear_cross_entropy) ran its collectives on a one-rank
-    group while the contrastive losses ran on one device; both now run the one-process
-    path: the same value, no traffic, the same checks."""
+    """core/sharded (cross_entropy, linear_cross_entropy) and the margin heads ran their
+    collectives on a one-rank group (Partial FC refused reduction='none') while the
+    contrastive losses ran on one device; all now run the one-process path: the same
+    value, no traffic, the same checks."""
     for rank, out in enumerate(rank_pool(2).run(_one_rank_group_job, timeout=60)):
         assert out["spans"] is False
         for name in ("clip_loss", "siglip_loss", "supcon_no_labels", "cross_entropy",
-                     "linear_cross_entropy"):
+                     "linear_cross_entropy", "ArcFace(reduction='none')"):
             got, alone, sent = out[name]
             assert sent == 0, (rank, name, sent)
             assert torch.equal(got, alone), (rank, name)

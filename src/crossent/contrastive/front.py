@@ -14,7 +14,10 @@ Across ranks (``group=`` a ``torch.distributed`` process group) every rank passe
 local batch; the value returned on every rank is the loss of the *global* batch, and
 after DDP averages the gradients of replicated parameters they equal those of one
 process holding the global batch (see :mod:`crossent.contrastive.sharded` for the two
-designs, ``design='gather'`` and ``design='ring'``). Local batch sizes may differ.
+designs, ``design='gather'`` and ``design='ring'``). Local batch sizes may differ. The
+ranks must agree on every option and hyperparameter (``logit_scale``, ``logit_bias``,
+``temperature``, by value): otherwise every rank raises the same error. A group of one
+rank is no group.
 
 Common keyword arguments: ``memory_budget`` (bytes of score tiles, default
 :data:`crossent.kernels.similarity.DEFAULT_MEMORY_BUDGET`), ``tile_rows`` /
