@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -153,4 +154,8 @@ def get_backend(name: str, op: str = "linear"):
     if (op, name) not in _MODULES:
         raise ArgumentError(f"no backend {name!r} for op {op!r}: expected op in {OPS} and "
                             f"backend in {BACKENDS}")
-    return importlib.import_module(_MODULES[(op, name)])
+    path = _MODULES[(op, name)]
+    # an imported module from sys.modules: torch.compile traces that lookup (it refuses
+    # to trace importlib), and every call after the first finds it there
+    module = sys.modules.get(path)
+    return module if module is not None else importlib.import_module(path)
