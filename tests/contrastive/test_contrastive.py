@@ -400,3 +400,96 @@ def test_tour_clip_training_uses_clip_loss():
     expected = (F.cross_entropy(logits, diag) + F.cross_entropy(logits.T, diag)) / 2
     assert abs(hist.loss[0] - expected.item()) < 1e-12
     assert hist.loss[-1] < hist.loss[0]
+
+
+# ------------------------------------------------------------------ first order only
+
+
+def _every_loss(x, y, s, b):
+    """Each contrastive loss (and module) on features ``x``, ``y`` with a learnable
+    scale ``s`` (also used as a temperature) and bias ``b``."""
+    labels = torch.tensor([0, 1, 0, 1, 2])
+    return {
+        "clip_loss": lambda: ce.clip_loss(x, y, s, tile_rows=2, tile_cols=3),
+        "clip_loss(bias)": lambda: ce.clip_loss(x, y, s, logit_bias=b),
+        "siglip_loss": lambda: ce.siglip_loss(x, y, s, b, tile_rows=2, tile_cols=3),
+        "info_nce": lambda: ce.info_nce(x, y, y[:2], temperature=s),
+        "nt_xent": lambda: ce.nt_xent(x, y, temperature=s),
+        "supcon_loss": lambda: ce.supcon_loss(torch.stack([x, y], 1), labels, temperature=s),
+        "ClipLoss": lambda: contrastive.ClipLoss()(x, y, s),
+        "SigLipLoss": lambda: contrastive.SigLipLoss()(x, y, s, b),
+    }
+
+
+@pytest.mark.parametrize("name", list(_every_loss(None, None, None, None)))
+def test_create_graph_raises_a_clear_error(name):
+    """issue 20, defect 3: a gradient penalty through a contrastive loss must not get a
+    graph-less gradient (siglip_loss did, silently) nor PyTorch's "functions with out=..."
+    message (clip_loss); plain backward still works."""
+    x, y = _leaf(5, 4, seed=60), _leaf(5, 4, seed=61)
+    s, b = _scalar(0.5), _scalar(-1.0)
+    loss = _every_loss(x, y, s, b)[name]
+    with pytest.raises(ce.ArgumentError, match=r"double backward \(create_graph=True\) is not "
+                                              r"supported for this loss"):
+        torch.autograd.grad(loss(), (x, s), create_graph=True)
+    g = torch.autograd.grad(loss(), (x, s))
+    assert all(t is not None and torch.isfinite(t).all() for t in g)
+    loss().backward()
+    assert x.grad is not None and s.grad is not None
+
+
+def test_create_graph_error_names_the_loss():
+    x, y = _leaf(4, 3, seed=62), _leaf(4, 3, seed=63)
+    with pytest.raises(ce.ArgumentError, match="crossent.siglip_loss: double backward"):
+        torch.autograd.grad(ce.siglip_loss(x, y, 2.0, -1.0), x, create_graph=True)
+
+
+# ------------------------------------------------------------------ the backend table
+
+
+def test_similarity_backends_come_from_the_one_table():
+    from crossent.contrastive import engine
+    from crossent.kernels import dispatch
+
+    assert dispatch.get_backend("torch", op="similarity") is similarity
+    assert dispatch.get_backend("torch").__name__ == "crossent.kernels.torch_chunked"
+    assert dispatch.get_backend("torch", op="linear").__name__ == "crossent.kernels.torch_chunked"
+    assert engine.backend_module("torch") is similarity
+    with pytest.raises(ce.ArgumentError, match="no backend 'cuda' for op 'similarity'"):
+        dispatch.get_backend("cuda", op="similarity")
+    with pytest.raises(ce.ArgumentError, match="op 'attention'"):
+        dispatch.get_backend("torch", op="attention")
+
+
+def test_the_engine_runs_the_backend_it_is_given(monkeypatch):
+    """The autograd Function calls the table's backend module (not an if/else)."""
+    calls = []
+    forward, backward = similarity.block_forward, similarity.block_backward
+    monkeypatch.setattr(similarity, "block_forward", lambda *a, **k: calls.append("f") or forward(*a, **k))
+    monkeypatch.setattr(similarity, "block_backward", lambda *a, **k: calls.append("b") or backward(*a, **k))
+    img, txt = _leaf(6, 4, seed=64), _leaf(6, 4, seed=65)
+    scale = _scalar(3.0)
+    loss = ce.clip_loss(img, txt, scale, backend="torch")
+    _check(loss, ref.clip(img, txt, scale), (img, txt, scale))
+    assert calls == ["f", "b"]
+
+
+# ------------------------------------------------------------------ one-rank groups
+
+
+def test_a_group_needs_torch_distributed():
+    """A group given while torch.distributed is not initialised is an error, in every
+    family (dist.group.WORLD is None then, and means one process)."""
+    import torch.distributed as dist
+
+    assert not dist.is_initialized()
+    x = _leaf(4, 3, seed=66)
+    z, y = torch.randn(4, 5, dtype=D), torch.tensor([0, 1, 2, 3])
+    w = torch.randn(5, 3, dtype=D)
+    for call in (lambda: ce.clip_loss(x, x, 2.0, group=object()),
+                 lambda: ce.cross_entropy(z, y, group=object()),
+                 lambda: ce.linear_cross_entropy(x, w, y, group=object())):
+        with pytest.raises(ce.ArgumentError, match="needs torch.distributed to be initialised"):
+            call()
+    torch.testing.assert_close(ce.clip_loss(x, x, 2.0, group=dist.group.WORLD),
+                               ce.clip_loss(x, x, 2.0))

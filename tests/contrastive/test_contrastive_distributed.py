@@ -289,3 +289,205 @@ def test_open_clip_default_mode_loses_a_factor_of_world_size(rank_pool):
         sl = slice(4 * rank, 4 * rank + 4)
         torch.testing.assert_close(ours[rank], 2 * want[sl], rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(theirs[rank], want[sl], rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------------------ hyperparameters agree
+
+
+HYPER_CASES = [
+    # (loss, argument, rank 0's value, rank 1's value, form)
+    ("clip", "logit_scale", 10.0, 20.0, "float"),
+    ("clip", "logit_scale", 10.0, 20.0, "tensor"),
+    ("clip", "logit_bias", -1.0, -2.0, "float"),
+    ("siglip", "logit_scale", 10.0, 20.0, "float"),
+    ("siglip", "logit_scale", 10.0, 20.0, "tensor"),
+    ("siglip", "logit_bias", -1.0, -2.0, "float"),
+    ("siglip", "logit_bias", -1.0, -2.0, "tensor"),
+    ("info_nce", "temperature", 0.1, 0.2, "float"),
+    ("info_nce", "temperature", 0.1, 0.2, "tensor"),
+    ("nt_xent", "temperature", 0.5, 0.25, "float"),
+    ("nt_xent", "temperature", 0.5, 0.25, "tensor"),
+    ("supcon", "temperature", 0.07, 0.1, "float"),
+    ("supcon", "temperature", 0.07, 0.1, "tensor"),
+    ("supcon", "base_temperature", 0.07, 0.1, "float"),
+]
+
+
+def _hyper_loss(name, arg, value, form, rank, design):
+    """``name`` on this rank's 3 of 6 rows with hyperparameter ``arg`` set to ``value``
+    (the others at fixed defaults); returns the loss and the leaves."""
+    import torch.distributed as dist
+
+    import crossent as ce
+
+    g = torch.Generator().manual_seed(11)
+    x1, x2 = torch.randn(6, DIM, generator=g, dtype=D), torch.randn(6, DIM, generator=g, dtype=D)
+    labels = torch.tensor([0, 1, 0, 2, 1, 2])
+    sl = slice(3 * rank, 3 * rank + 3)
+    a, b = x1[sl].clone().requires_grad_(), x2[sl].clone().requires_grad_()
+    hp = {"logit_scale": 3.0, "logit_bias": -1.0, "temperature": 0.3, "base_temperature": 0.07}
+    hp[arg] = torch.tensor(value, dtype=D, requires_grad=True) if form == "tensor" else value
+    kw = dict(group=dist.group.WORLD, design=design)
+    if name == "clip":
+        loss = ce.clip_loss(a, b, hp["logit_scale"], logit_bias=hp["logit_bias"], **kw)
+    elif name == "siglip":
+        loss = ce.siglip_loss(a, b, hp["logit_scale"], hp["logit_bias"], **kw)
+    elif name == "info_nce":
+        loss = ce.info_nce(a, b, temperature=hp["temperature"], **kw)
+    elif name == "nt_xent":
+        loss = ce.nt_xent(a, b, temperature=hp["temperature"], **kw)
+    else:
+        loss = ce.supcon_loss(torch.stack([a, b], 1), labels[sl], temperature=hp["temperature"],
+                              base_temperature=hp["base_temperature"], **kw)
+    return loss, (a, b)
+
+
+def _hyper_job(rank, world_size, cases):
+    out = []
+    for name, arg, v0, v1, form, design in cases:
+        try:
+            loss, _ = _hyper_loss(name, arg, v0 if rank == 0 else v1, form, rank, design)
+            same, (a, _b) = _hyper_loss(name, arg, v0, form, rank, design)  # equal values
+            same.backward()
+            out.append(("no error", loss.detach(), same.detach(), a.grad))
+        except Exception as exc:  # noqa: BLE001 - the test inspects it
+            try:  # equal values still work after the error
+                same, (a, _b) = _hyper_loss(name, arg, v0, form, rank, design)
+                same.backward()
+                out.append((f"{type(exc).__name__}: {exc}", None, same.detach(), a.grad))
+            except Exception as exc2:  # noqa: BLE001
+                out.append((f"{type(exc).__name__}: {exc}", None, f"then {exc2!r}", None))
+    return out
+
+
+def _hyper_reference(name, arg, value):
+    g = torch.Generator().manual_seed(11)
+    x1, x2 = torch.randn(6, DIM, generator=g, dtype=D), torch.randn(6, DIM, generator=g, dtype=D)
+    x1.requires_grad_()
+    labels = torch.tensor([0, 1, 0, 2, 1, 2])
+    hp = {"logit_scale": 3.0, "logit_bias": -1.0, "temperature": 0.3, "base_temperature": 0.07}
+    hp[arg] = value
+    if name == "clip":
+        loss = ref.clip(x1, x2, hp["logit_scale"], hp["logit_bias"])
+    elif name == "siglip":
+        loss = ref.siglip(x1, x2, hp["logit_scale"], hp["logit_bias"])
+    elif name == "info_nce":
+        loss = ref.info_nce(x1, x2, temperature=hp["temperature"])
+    elif name == "nt_xent":
+        loss = ref.nt_xent(x1, x2, temperature=hp["temperature"])
+    else:  # the reference's anchors are view-major, like ours; rows of both ranks in order
+        feats = torch.stack([x1, x2], 1)
+        loss = ref.supcon(feats, labels, temperature=hp["temperature"],
+                          base_temperature=hp["base_temperature"])
+    return loss.detach(), torch.autograd.grad(loss, x1)[0]
+
+
+@pytest.mark.parametrize("design", ["gather", "ring"])
+def test_ranks_must_agree_on_hyperparameters(rank_pool, design):
+    """issue 20, defect 4: clip_loss(a, b, 10. if rank == 0 else 20., group=WORLD) trained a
+    mixed objective silently; every rank now raises the same ArgumentError naming the
+    argument and each rank's value (numbers and tensors alike), and equal values work."""
+    cases = [c + (design,) for c in HYPER_CASES]
+    out = rank_pool(2).run(_hyper_job, cases, timeout=300)
+    for i, (name, arg, v0, v1, form) in enumerate(HYPER_CASES):
+        r0, r1 = out[0][i], out[1][i]
+        where = f"{name} {arg} {form} {design}"
+        assert r0[0] == r1[0], where  # the same error on every rank
+        assert r0[0].startswith("ArgumentError: "), (where, r0[0])
+        assert "disagree on" in r0[0] and f"{arg} (rank 0: {v0!r}, rank 1: {v1!r})" in r0[0], \
+            (where, r0[0])
+        want, want_grad = _hyper_reference(name, arg, v0)
+        for rank, r in enumerate((r0, r1)):
+            assert isinstance(r[2], torch.Tensor), (where, r[2])
+            torch.testing.assert_close(r[2], want, rtol=1e-10, atol=1e-12)
+            if name != "supcon":  # supcon's anchors of a rank are not one slice of x1
+                torch.testing.assert_close(r[3] / 2, want_grad[3 * rank:3 * rank + 3],
+                                           rtol=1e-9, atol=1e-12)
+
+
+# ------------------------------------------------------------------ one-rank groups
+
+
+def _one_rank_group_job(rank, world_size):
+    """Each rank alone in a one-rank group: every family behaves as without a group."""
+    import torch.distributed as dist
+
+    import crossent as ce
+    from crossent.core import collectives
+
+    groups = [dist.new_group([r]) for r in range(world_size)]  # every rank creates each
+    mine = groups[rank]
+    g = torch.Generator().manual_seed(20 + rank)
+    x, y = torch.randn(5, DIM, generator=g, dtype=D), torch.randn(5, DIM, generator=g, dtype=D)
+    z, w = torch.randn(5, 7, generator=g, dtype=D), torch.randn(7, DIM, generator=g, dtype=D)
+    t = torch.tensor([0, 3, 6, 1, 2])
+    calls = {
+        "clip_loss": lambda grp: ce.clip_loss(x, y, 2.0, group=grp),
+        "siglip_loss": lambda grp: ce.siglip_loss(x, y, 2.0, -1.0, group=grp, design="ring"),
+        "supcon_no_labels": lambda grp: ce.supcon_loss(x, group=grp),  # no labels: fine alone
+        "cross_entropy": lambda grp: ce.cross_entropy(z, t, group=grp),
+        "linear_cross_entropy": lambda grp: ce.linear_cross_entropy(x, w, t, group=grp),
+        "ArcFace(reduction='none')": lambda grp: _head(grp)(x, t),  # 'none': no-group only
+    }
+
+    def _head(grp):
+        torch.manual_seed(3)
+        return ce.ArcFace(7, DIM, group=grp, reduction="none").double()
+
+    out = {"spans": collectives.spans_ranks(mine)}
+    for name, call in calls.items():
+        with collectives.count_traffic() as traffic:
+            got = call(mine)
+        out[name] = (got, call(None), traffic.bytes_sent)
+    try:  # the single-process checks: an empty batch is an error, as without a group
+        ce.clip_loss(x[:0], y[:0], 2.0, group=mine)
+        out["empty"] = "no error"
+    except Exception as exc:  # noqa: BLE001 - the test inspects it
+        out["empty"] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+def test_a_one_rank_group_is_no_group(rank_pool):
+    """core/sharded (cross_entropy, linear_cross_entropy) and the margin heads ran their
+    collectives on a one-rank group (Partial FC refused reduction='none') while the
+    contrastive losses ran on one device; all now run the one-process path: the same
+    value, no traffic, the same checks."""
+    for rank, out in enumerate(rank_pool(2).run(_one_rank_group_job, timeout=60)):
+        assert out["spans"] is False
+        for name in ("clip_loss", "siglip_loss", "supcon_no_labels", "cross_entropy",
+                     "linear_cross_entropy", "ArcFace(reduction='none')"):
+            got, alone, sent = out[name]
+            assert sent == 0, (rank, name, sent)
+            assert torch.equal(got, alone), (rank, name)
+        assert out["empty"].startswith("ArgumentError") and "at least one row" in out["empty"]
+
+
+# ------------------------------------------------------------------ first order only
+
+
+def _create_graph_job(rank, world_size, design):
+    import torch.distributed as dist
+
+    import crossent as ce
+
+    g = torch.Generator().manual_seed(30 + rank)
+    a = torch.randn(3, DIM, generator=g, dtype=D, requires_grad=True)
+    b = torch.randn(3, DIM, generator=g, dtype=D, requires_grad=True)
+    out = []
+    for loss in (lambda: ce.clip_loss(a, b, 2.0, group=dist.group.WORLD, design=design),
+                 lambda: ce.siglip_loss(a, b, 2.0, -1.0, group=dist.group.WORLD, design=design)):
+        try:
+            torch.autograd.grad(loss(), a, create_graph=True)
+            out.append("no error")
+        except Exception as exc:  # noqa: BLE001 - the test inspects it
+            out.append(f"{type(exc).__name__}: {exc}")
+        loss().backward()  # plain backward still works, and nothing hangs
+    return out
+
+
+@pytest.mark.parametrize("design", ["gather", "ring"])
+def test_create_graph_raises_on_every_rank(rank_pool, design):
+    out = rank_pool(2).run(_create_graph_job, design, timeout=60)
+    assert out[0] == out[1]
+    for msg in out[0]:
+        assert msg.startswith("ArgumentError") and "double backward (create_graph=True)" in msg, msg

@@ -14,7 +14,10 @@ Across ranks (``group=`` a ``torch.distributed`` process group) every rank passe
 local batch; the value returned on every rank is the loss of the *global* batch, and
 after DDP averages the gradients of replicated parameters they equal those of one
 process holding the global batch (see :mod:`crossent.contrastive.sharded` for the two
-designs, ``design='gather'`` and ``design='ring'``). Local batch sizes may differ.
+designs, ``design='gather'`` and ``design='ring'``). Local batch sizes may differ. The
+ranks must agree on every option and hyperparameter (``logit_scale``, ``logit_bias``,
+``temperature``, by value): otherwise every rank raises the same error. A group of one
+rank is no group.
 
 Common keyword arguments: ``memory_budget`` (bytes of score tiles, default 48 MiB:
 :data:`crossent.core.tiles.BUDGETS`; at least 3 KiB), ``tile_rows`` /
@@ -32,11 +35,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core import checks as _checks
+from ..core import collectives as D
 from ..core.reduction import accumulation_dtype
 from ..core.stats import cross_entropy_rows
-from ..kernels import similarity as sim
 from ..kernels.dispatch import resolve_backend
 from . import sharded
+from .engine import similarity_statistics
 from .problem import DESIGNS, Options, Problem, Result, positive_counts
 
 __all__ = [
@@ -53,12 +57,13 @@ __all__ = [
 ]
 
 def _run(context: str, opts: Options, build) -> Result:
-    """Validate and build the problem (``build() -> (Problem, scale, bias)``), then its
-    complete statistics: on one device, or across the ranks of ``opts.group`` (where a
-    local argument error is raised on every rank, see :mod:`crossent.contrastive.sharded`)."""
-    if _distributed(opts.group):
+    """Validate and build the problem (``build() -> (Problem, scale, bias, hyper)``, with
+    ``hyper`` the hyperparameters by name), then its complete statistics: on one device,
+    or across the ranks of ``opts.group`` (where a local argument error is raised on every
+    rank and the ranks must agree on ``hyper``, see :mod:`crossent.contrastive.sharded`)."""
+    if D.spans_ranks(opts.group):
         return sharded.run(context, opts, build)
-    prob, scale, bias = build()
+    prob, scale, bias, _ = build()
     backend = resolve_backend(opts.backend, prob.a.device)
     count = None
     if prob.labels is not None:
@@ -66,21 +71,14 @@ def _run(context: str, opts: Options, build) -> Result:
     target = prob.row_target(0, count)
     n, m = prob.a.shape[0], prob.b.shape[0]
     blk = prob.block(target, 0, 0, m)
-    stats = sim.similarity_statistics(prob.a, prob.b, scale, bias, blk, opts.plan(n, m), backend)
+    stats = similarity_statistics(prob.a, prob.b, scale, bias, blk, opts.plan(n, m), backend,
+                                  context=context)
     return Result(stats, 0, n, m, target, scale)
-
-
-def _distributed(group) -> bool:
-    if group is None:
-        return False
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
 
 
 def _global_sum(x: torch.Tensor, opts: Options) -> torch.Tensor:
     """Sum over ranks, differentiable (identity on one device)."""
-    if not _distributed(opts.group):
+    if not D.spans_ranks(opts.group):
         return x
     return sharded.all_reduce_sum(x, opts.group)
 
@@ -95,30 +93,17 @@ def _finish(total: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------ validation
 
 
-def _check_features(name: str, x: torch.Tensor, dims: tuple[int, ...] = (2,)) -> None:
-    _checks.check_floating(name, x)
-    if x.dim() not in dims:
-        want = " or ".join(f"{d}-D" for d in dims)
-        raise _checks.ArgumentError(f"{name} must be {want} (batch, dim), got shape {list(x.shape)}")
-
-
 def _check_pair(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor, *, same_rows: bool,
                 opts: Options) -> None:
-    _check_features(name_a, a)
-    _check_features(name_b, b)
-    if a.shape[1] != b.shape[1]:
-        raise _checks.ArgumentError(
-            f"{name_a} and {name_b} must have the same feature dimension, got {a.shape[1]} and {b.shape[1]}")
+    _checks.check_matrix(name_a, a, "(batch, dim)")
+    _checks.check_matrix(name_b, b, "(batch, dim)")
+    _checks.check_same_features(name_a, a, name_b, b, dim="feature dimension")
     if same_rows and a.shape[0] != b.shape[0]:
         raise _checks.ArgumentError(
             f"{name_a} and {name_b} must have the same batch size (matched pairs), got "
             f"{a.shape[0]} and {b.shape[0]}")
-    if a.dtype != b.dtype:
-        raise _checks.ArgumentTypeError(f"{name_a} and {name_b} must have the same dtype, got {a.dtype} and {b.dtype}")
-    if a.device != b.device:
-        raise _checks.ArgumentError(f"{name_b} is on {b.device}, expected {a.device} like {name_a}")
     _check_options(opts)
-    if not _distributed(opts.group) and a.shape[0] == 0:
+    if not D.spans_ranks(opts.group) and a.shape[0] == 0:
         raise _checks.ArgumentError(f"{name_a} must hold at least one row, got shape {list(a.shape)}")
 
 
@@ -148,9 +133,9 @@ def _as_scalar(name: str, value, like: torch.Tensor, *, allow_none: bool = False
     return torch.tensor(number, dtype=accumulation_dtype(like.dtype), device=like.device)
 
 
-def _inverse_temperature(temperature, like: torch.Tensor) -> torch.Tensor:
-    t = _as_scalar("temperature", temperature, like, positive=True)
-    return 1.0 / t
+def _temperature(temperature, like: torch.Tensor) -> torch.Tensor:
+    """``temperature`` as a 0-d tensor (a number must be positive); the scale is ``1 / t``."""
+    return _as_scalar("temperature", temperature, like, positive=True)
 
 
 def _normalize(x: torch.Tensor) -> torch.Tensor:
@@ -176,7 +161,7 @@ def _image_text(aggregate: str, image_features, text_features, logit_scale, logi
         positive = torch.arange(image_features.shape[0], device=image_features.device)
         prob = Problem(aggregate, image_features, text_features, positive=positive,
                        cols=aggregate == "softmax")
-        return prob, scale, bias
+        return prob, scale, bias, {"logit_scale": scale, "logit_bias": bias}
 
     return build
 
@@ -296,11 +281,11 @@ def info_nce(query: torch.Tensor, positive_key: torch.Tensor, negative_keys: tor
             _check_pair("query", query, "negative_keys", negative_keys, same_rows=False,
                         opts=Options(group=opts.group))
             keys = torch.cat([positive_key, negative_keys])
-        scale = _inverse_temperature(temperature, query)
+        t = _temperature(temperature, query)
         q = _normalize(query) if normalize else query
         keys = _normalize(keys) if normalize else keys
         positive = torch.arange(query.shape[0], device=query.device)
-        return Problem("softmax", q, keys, positive=positive), scale, None
+        return Problem("softmax", q, keys, positive=positive), 1.0 / t, None, {"temperature": t}
 
     res = _run("crossent.info_nce", opts, build)
     local = (res.stats.row_agg - res.stats.row_dot).sum()
@@ -353,11 +338,12 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, *, temperature=0.5, group=None,
 
     def build():
         _check_pair("z1", z1, "z2", z2, same_rows=True, opts=opts)
-        scale = _inverse_temperature(temperature, z1)
+        t = _temperature(temperature, z1)
         views = _normalize(torch.cat([z1, z2]))
         n = z1.shape[0]
         k = torch.arange(2 * n, device=z1.device)
-        return Problem("softmax", views, views, positive=(k + n) % (2 * n), self_offset=0), scale, None
+        prob = Problem("softmax", views, views, positive=(k + n) % (2 * n), self_offset=0)
+        return prob, 1.0 / t, None, {"temperature": t}
 
     res = _run("crossent.nt_xent", opts, build)
     local = (res.stats.row_agg - res.stats.row_dot).sum()
@@ -430,7 +416,7 @@ def supcon_loss(features: torch.Tensor, labels: torch.Tensor | None = None, *, t
             num_views, anchors = 1, features
         lab = labels
         if lab is None:
-            if _distributed(opts.group):
+            if D.spans_ranks(opts.group):
                 raise _checks.ArgumentError(
                     "supcon_loss across ranks needs labels (sample identities are not global); "
                     "pass labels, e.g. the global index of each sample")
@@ -444,11 +430,11 @@ def supcon_loss(features: torch.Tensor, labels: torch.Tensor | None = None, *, t
         elif lab.device != features.device:
             raise _checks.ArgumentError(f"labels is on {lab.device}, expected {features.device}")
         _check_pair("features", anchors, "features", anchors, same_rows=True, opts=opts)
-        scale = _inverse_temperature(temperature, features)
+        t = _temperature(temperature, features)
         _checks.check_positive("base_temperature", base_temperature)
         anchors = _normalize(anchors)
         prob = Problem("softmax", anchors, anchors, labels=lab.long().repeat(num_views), self_offset=0)
-        return prob, scale, None
+        return prob, 1.0 / t, None, {"temperature": t, "base_temperature": base_temperature}
 
     res = _run("crossent.supcon_loss", opts, build)
     target = res.row_target

@@ -17,6 +17,7 @@ import torch
 from ..core.reduction import accumulation_dtype
 from ..core.targets import ClassIndexTarget, LabelSetTarget
 from ..kernels import similarity as sim
+from .engine import Statistics
 
 DESIGNS = ("gather", "ring")
 
@@ -35,7 +36,7 @@ class Problem:
       (the diagonal, or the other view); the target is global column
       ``col_start_of_this_rank + positive``;
     - ``labels`` (``(n,)`` int64, SupCon, ``a is b``): the positives of a row are the
-      other columns with its label (:class:`~crossent._targets.LabelSetTarget`).
+      other columns with its label (:class:`~crossent.core.targets.LabelSetTarget`).
 
     ``cols``: column statistics wanted (CLIP's text->image direction; column ``j``'s
     target is row ``j``, global indices of rows and columns coincide). ``self_offset``:
@@ -99,7 +100,7 @@ class Options:
 class Result:
     """Complete (global) statistics of the local rows and, if asked, local columns."""
 
-    stats: sim.Statistics
+    stats: Statistics
     row_start: int  # global index of the first local row
     total_rows: int  # rows in the global batch
     total_cols: int  # columns in the global batch

@@ -9,7 +9,7 @@ module then sums its local terms and all-reduces the sum, so every rank returns 
 global loss and every similarity ``z_ij`` is computed exactly once, on the rank owning
 row ``i``.
 
-Gradients follow the data-parallel contract of :mod:`crossent.distributed`: every rank
+Gradients follow the data-parallel contract of :mod:`crossent.core.collectives`: every rank
 backpropagates its copy of the global loss ``L``, the collectives' backward passes are
 true adjoints, so the ranks jointly differentiate ``W * L``: each rank's features get
 ``W * dL/d(local features)`` and its replicated ``logit_scale`` / ``logit_bias``
@@ -20,17 +20,17 @@ Two designs (``design=``):
 
 ``'gather'``
     All-gather the columns with gradients flowing back to their owners (a
-    reduce-scatter, :func:`crossent.distributed.all_gather`), then one pass of the local
+    reduce-scatter, :func:`crossent.core.collectives.all_gather`), then one pass of the local
     rows against all columns (open_clip's ``gather_with_grad=True, local_loss=True``).
     Both CLIP directions still come from that one pass: the columns' partial
     statistics from the local rows are merged across ranks exactly as tiles are
-    (:func:`crossent.distributed.merge_row_stats`, then a differentiable all-reduce of
-    ``exp(lse_r - lse)``), so only ``(N,)`` statistics travel, not the image features.
+    (:func:`merge_columns`: :func:`crossent.core.collectives.merge_row_stats` and its
+    chain rule), so only ``(N,)`` statistics travel, not the image features.
     Holds ``sum_r m_r`` columns.
 
 ``'ring'``
     The column blocks travel around the ring with point-to-point sends
-    (:func:`crossent.distributed.ring_exchange`), the next block in flight while the
+    (:func:`crossent.core.collectives.ring_exchange`), the next block in flight while the
     current one is computed; the columns' running statistics travel with their block
     and come home complete. The backward passes the blocks again, with their
     accumulating gradient, which comes home to the owner. Each rank holds at most two
@@ -38,9 +38,13 @@ Two designs (``design=``):
     memory per rank does not grow with the number of ranks (Inf-CL, Wang et al. 2024;
     the ring of Liu et al., "Ring Attention", 2023).
 
-Before any work the ranks agree (:func:`crossent.distributed.check_agreement`): feature
-dimension, dtype, device type, options, and every rank's local sizes; a mismatch, or an
-argument error on any rank, raises the same error on every rank instead of hanging.
+Before any work the ranks agree (:func:`crossent.core.collectives.check_agreement`, the one
+agreement check of every ``group=`` path): feature dimension, dtype, device type, options,
+the hyperparameters by value (``logit_scale``, ``logit_bias``, ``temperature``,
+``base_temperature``; a tensor's value is read once, in that exchange), and every rank's
+local sizes; a mismatch, or an argument error on any rank, raises the same error on every
+rank instead of hanging or training a mixed objective. A group of one rank is no group
+(:func:`crossent.core.collectives.spans_ranks`): the loss runs on one device.
 """
 
 from __future__ import annotations
@@ -52,51 +56,59 @@ from ..core import collectives as D
 from ..core import stats as _stats
 from ..kernels import similarity as sim
 from ..kernels.dispatch import resolve_backend
+from .engine import Statistics, backend_module, refuse_double_backward, similarity_statistics
 from .problem import Result, positive_counts
 
 
-def _offsets(sizes):
-    out, total = [], 0
-    for n in sizes:
-        out.append(total)
-        total += n
-    return out, total
-
-
 def run(context: str, opts, build):
-    """:func:`crossent.contrastive._run` across ``opts.group``."""
+    """:func:`crossent.contrastive.front._run` across the ranks of ``opts.group``.
+
+    ``build() -> (Problem, scale, bias, hyper)`` validates this rank's arguments; what it
+    raises (one of :data:`crossent.core.collectives.LOCAL_ERRORS`) is raised on every rank
+    by the agreement check, which also compares the problem's layout, the options and the
+    hyperparameters ``hyper`` (``{name: number, 0-d tensor or None}``, by value: a tensor is
+    read once here, inside the exchange that synchronises anyway).
+    """
     group = opts.group
+    where = f"{context}(group=...)"
     rank, world = D.rank_and_size(group)
-    error, prob = None, None
+    error, prob, same, each = None, None, {}, {}
     try:
-        prob, scale, bias = build()
-    except Exception as exc:  # any local failure is raised on every rank, never a hang
-        error = exc
-    same, each = {}, {}
-    if error is None:
+        prob, scale, bias, hyper = build()
         same = {"dim": prob.a.shape[1], "dtype": str(prob.a.dtype), "device": prob.a.device.type,
-                "aggregate": prob.aggregate, "cols": prob.cols, "bias": bias is not None,
+                "aggregate": prob.aggregate, "cols": prob.cols,
                 "labels": prob.labels is not None, "self": prob.self_offset,
                 "design": opts.design}
+        same.update({name: _host_value(value) for name, value in hyper.items()})
         each = {"rows": prob.a.shape[0], "cols": prob.b.shape[0]}
-    records = D.check_agreement(f"{context}(group=...)", group, same=same, each=each, error=error)
+    except D.LOCAL_ERRORS as exc:  # raised on every rank by the agreement check
+        error = exc
+    records = D.check_agreement(where, group, same=same, each=each, error=error)
     row_sizes = [r["rows"] for r in records]
     col_sizes = [r["cols"] for r in records]
-    row_starts, total_rows = _offsets(row_sizes)
-    col_starts, total_cols = _offsets(col_sizes)
+    row_starts, total_rows = D.offsets(row_sizes), sum(row_sizes)
+    col_starts, total_cols = D.offsets(col_sizes), sum(col_sizes)
     if total_rows == 0:
-        raise _checks.ArgumentError(f"{context}(group=...): the global batch is empty on every rank")
+        raise _checks.ArgumentError(f"{where}: the global batch is empty on every rank")
     count = None
     if prob.labels is not None:  # SupCon: positives per row need every label (temporary)
         all_labels = torch.cat(D.gather_uneven(prob.labels, group, col_sizes))
         count = positive_counts(prob.labels, all_labels, prob.acc)
     target = prob.row_target(col_starts[rank], count)
     layout = _Layout(rank, world, row_sizes, col_sizes, row_starts, col_starts)
-    if opts.design == "gather":
-        stats = _gather(prob, scale, bias, target, layout, opts)
-    else:
-        stats = _ring(prob, scale, bias, target, layout, opts)
+    design = _gather if opts.design == "gather" else _ring
+    stats = design(context, prob, scale, bias, target, layout, opts)
     return Result(stats, row_starts[rank], total_rows, total_cols, target, scale)
+
+
+def _host_value(value):
+    """A hyperparameter as the agreement record holds it: a float (a tensor's value, read
+    once), or None."""
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        return float(value.detach().reshape(()).item())
+    return float(value)
 
 
 class _Layout:
@@ -114,7 +126,7 @@ def all_reduce_sum(x: torch.Tensor, group) -> torch.Tensor:
 # ------------------------------------------------------------------ design 1: gather
 
 
-def _gather(prob, scale, bias, target, lay: _Layout, opts) -> sim.Statistics:
+def _gather(context, prob, scale, bias, target, lay: _Layout, opts) -> Statistics:
     group = opts.group
     b_all = D.all_gather(prob.b, group, sizes=lay.col_sizes)
     col_labels = None
@@ -123,41 +135,45 @@ def _gather(prob, scale, bias, target, lay: _Layout, opts) -> sim.Statistics:
     n, m = prob.a.shape[0], b_all.shape[0]
     blk = prob.block(target, lay.row_starts[lay.rank], 0, m, col_labels)
     backend = resolve_backend(opts.backend, prob.a.device)
-    stats = sim.similarity_statistics(prob.a, b_all, scale, bias, blk, opts.plan(n, m), backend)
+    stats = similarity_statistics(prob.a, b_all, scale, bias, blk, opts.plan(n, m), backend,
+                                  context=context)
     if not prob.cols:
         return stats
     start, size = lay.col_starts[lay.rank], lay.col_sizes[lay.rank]
     col_agg, col_dot = merge_columns(stats.col_agg, stats.col_dot, group)
-    return sim.Statistics(stats.row_agg, stats.row_dot, col_agg[start:start + size],
-                          col_dot[start:start + size])
+    return Statistics(stats.row_agg, stats.row_dot, col_agg[start:start + size],
+                      col_dot[start:start + size])
 
 
 def merge_columns(partial_lse: torch.Tensor, partial_dot: torch.Tensor, group):
     """Columns' log-sum-exp and target dot over all ranks' rows, differentiably.
 
-    The value is the exact merge (:func:`crossent.distributed.merge_row_stats`, the tile
-    merge of :mod:`crossent._stats`); the gradient flows through
-    ``lse = m + log sum_r exp(lse_r - m)`` with ``m`` the merged value held constant
-    (``d lse / d lse_r = exp(lse_r - lse)``), one differentiable all-reduce of ``(2, N)``.
-    """
+    Every rank holds the columns' statistics over its own rows (``lse_r``, ``dot_r``); the
+    merge is :func:`crossent.core.collectives.merge_row_stats` (the tile merge, one
+    all-gather, the same bits on every rank), its gradient
+    :func:`crossent.core.collectives.with_merge_gradient` under the data-parallel
+    convention (``d lse / d lse_r = exp(lse_r - lse)``, one all-reduce of ``(2, N)`` in
+    the backward)::
 
-    ones = torch.ones_like(partial_lse)
-    merged, _ = D.merge_row_stats(_stats.RowStats(partial_lse.detach(), ones, partial_dot.detach(),
-                                                  None, None), group)
-    m = sim.finite(_stats.logsumexp(merged))
-    shifted = torch.exp(partial_lse - m)
-    summed = D.all_reduce(torch.stack([shifted, partial_dot]), group)
-    return m + torch.log(summed[0]), summed[1]
+        lse_j = log sum_r exp(lse_rj),   dot_j = sum_r dot_rj
+    """
+    state = _stats.RowStats(partial_lse.detach(), torch.ones_like(partial_lse),
+                            partial_dot.detach(), None, None)
+    merged, _ = D.merge_row_stats(state, group)
+    return D.with_merge_gradient(partial_lse, _stats.logsumexp(merged), group,
+                                 parts=(partial_dot,), sums=(merged.dot,),
+                                 convention=D.DATA_PARALLEL)
 
 
 # ------------------------------------------------------------------ design 2: ring
 
 
-def _ring(prob, scale, bias, target, lay: _Layout, opts) -> sim.Statistics:
+def _ring(context, prob, scale, bias, target, lay: _Layout, opts) -> Statistics:
     backend = resolve_backend(opts.backend, prob.a.device)
     labels = prob.labels
-    out = _RingFunction.apply(prob.a, prob.b, scale, bias, prob, target, labels, lay, opts, backend)
-    return sim.Statistics(*out)
+    out = _RingFunction.apply(prob.a, prob.b, scale, bias, prob, target, labels, lay, opts, backend,
+                              context)
+    return Statistics(*out)
 
 
 class _Ring:
@@ -189,7 +205,8 @@ class _RingFunction(torch.autograd.Function):
     """Local rows' statistics and own columns' statistics, with the columns on a ring."""
 
     @staticmethod
-    def forward(ctx, a, b, scale, bias, prob, target, labels, lay: _Layout, opts, backend):
+    def forward(ctx, a, b, scale, bias, prob, target, labels, lay: _Layout, opts, backend, context):
+        kernels = backend_module(backend)
         agg = sim.aggregate(prob.aggregate)
         ops = sim.Operands.build(a, b, scale, bias)
         acc, dev = ops.a.dtype, a.device
@@ -214,7 +231,7 @@ class _RingFunction(torch.autograd.Function):
             blk = prob.block(target, lay.row_starts[rank], lay.col_starts[k], block.shape[0], block_labels)
             p = opts.plan(n, block.shape[0])
             part = agg.init(block.shape[0], acc, dev) if prob.cols else None
-            sim._run_forward(backend, ops, block, blk, p, row_state, part)
+            kernels.block_forward(ops, block, blk, p, row_state, part)
             if prob.cols:
                 stats_ring.wait()  # the block's statistics from the ranks before
                 col_state = part if step == 0 else agg.combine(col_state, part)
@@ -230,12 +247,15 @@ class _RingFunction(torch.autograd.Function):
         row_value = agg.value(row_state)
         col_value = agg.value(col_state) if prob.cols else empty
         ctx.save_for_backward(a, b, scale, bias, row_value, col_value)
-        ctx.prob, ctx.target, ctx.labels, ctx.lay, ctx.opts, ctx.backend = prob, target, labels, lay, opts, backend
+        ctx.prob, ctx.target, ctx.labels, ctx.lay, ctx.opts = prob, target, labels, lay, opts
+        ctx.backend, ctx.context = backend, context
         return row_value, row_state[2], col_value, col_state[2] if prob.cols else empty
 
     @staticmethod
     def backward(ctx, g_row, g_row_dot, g_col, g_col_dot):
+        refuse_double_backward(ctx.context)  # before any exchange: every rank raises alike
         a, b, scale, bias, row_value, col_value = ctx.saved_tensors
+        kernels = backend_module(ctx.backend)
         prob, target, labels, lay, opts = ctx.prob, ctx.target, ctx.labels, ctx.lay, ctx.opts
         need_a, need_b, need_scale, need_bias = ctx.needs_input_grad[:4]
         ops = sim.Operands.build(a, b, scale, bias)
@@ -275,8 +295,8 @@ class _RingFunction(torch.autograd.Function):
             blk = prob.block(target, lay.row_starts[rank], lay.col_starts[k], block.shape[0], block_labels)
             grads = sim.BlockGrads(*row_grads, *(tuple(col_info) if col_info is not None else (None,) * 3))
             grad_block = torch.zeros_like(block)
-            sim._run_backward(ctx.backend, ops, block, blk, opts.plan(n, block.shape[0]), grads,
-                              grad_a, grad_block, grad_bias)
+            kernels.block_backward(ops, block, blk, opts.plan(n, block.shape[0]), grads, grad_a,
+                                   grad_block, grad_bias)
             grads_ring.wait()  # this block's gradient from the ranks before
             if travelling is not None:
                 grad_block.add_(travelling)
@@ -297,5 +317,5 @@ class _RingFunction(torch.autograd.Function):
             travelling.to(b.dtype) if need_b else None,
             g_scale.to(scale.dtype) if g_scale is not None else None,
             grad_bias.to(bias.dtype) if grad_bias is not None else None,
-            None, None, None, None, None, None,
+            None, None, None, None, None, None, None,
         )

@@ -264,3 +264,34 @@ def check_broadcastable(name: str, tensor: torch.Tensor | None, shape: torch.Siz
             f"{name} of shape {list(tensor.shape)} would broadcast the input's shape "
             f"{list(shape)} to {list(out)}; expected it to broadcast to the input's shape"
         )
+
+
+# ------------------------------------------------------------ paired features
+
+
+def check_matrix(name: str, x: torch.Tensor, layout: str) -> None:
+    """``x`` is a floating 2-D tensor; ``layout`` names its dimensions in the message,
+    e.g. ``"(batch, dim)"``."""
+    check_floating(name, x)
+    if x.dim() != 2:
+        raise ArgumentError(f"{name} must be 2-D {layout}, got shape {list(x.shape)}")
+
+
+def check_same_features(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor, *,
+                        dim: str = "feature dimension") -> None:
+    """Two tensors scored against each other (``a @ b.T``: embeddings and class weights,
+    hidden states and an output layer, two towers of features): equal last dimensions
+    (``dim`` names it in the message), the same dtype, the same device.
+
+    Raises:
+        ArgumentError: the last dimensions or the devices differ.
+        ArgumentTypeError: the dtypes differ.
+    """
+    if a.shape[-1] != b.shape[-1]:
+        raise ArgumentError(
+            f"{name_a} and {name_b} must have the same {dim}, got {a.shape[-1]} and {b.shape[-1]}")
+    if a.dtype != b.dtype:
+        raise ArgumentTypeError(
+            f"{name_a} and {name_b} must have the same dtype, got {a.dtype} and {b.dtype}")
+    if a.device != b.device:
+        raise ArgumentError(f"{name_b} is on {b.device}, expected {a.device} like {name_a}")

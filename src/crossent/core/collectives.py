@@ -15,7 +15,10 @@ distributed contrastive losses, Partial-FC margin heads) share this small layer:
   autograd-aware collectives under two conventions (below).
 - :func:`merge_row_stats`: per-row softmax statistics of class shards combined across
   ranks exactly as :func:`crossent._stats.merge` combines tiles, from one all-gather of
-  ``(N,)`` vectors, with the same bits on every rank.
+  ``(N,)`` vectors, with the same bits on every rank; :func:`with_merge_gradient` is its
+  chain rule (``d lse / d lse_r = exp(lse_r - lse)``), under either convention below.
+- :func:`spans_ranks` (does a ``group=`` take the across-ranks path: a one-rank group
+  behaves as no group) and :func:`offsets` (where each rank's part starts).
 - :func:`ring_exchange`, :func:`ring_blocks`: point-to-point ring passes (send to the next
   rank, receive from the previous) with uneven block sizes, asynchronous so the caller
   overlaps them with compute.
@@ -94,6 +97,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -108,6 +112,8 @@ __all__ = [
     "TENSOR_PARALLEL",
     "LOCAL_ERRORS",
     "rank_and_size",
+    "spans_ranks",
+    "offsets",
     "comm_device",
     "check_agreement",
     "check_replicated",
@@ -118,6 +124,7 @@ __all__ = [
     "replicated_input",
     "scale_grad",
     "merge_row_stats",
+    "with_merge_gradient",
     "ring_exchange",
     "ring_blocks",
     "count_traffic",
@@ -160,6 +167,39 @@ def rank_and_size(group) -> tuple[int, int]:
         PyTorch, ``torch.distributed``.
     """
     return dist.get_rank(group), dist.get_world_size(group)
+
+
+def spans_ranks(group) -> bool:
+    """Whether a loss's ``group=`` argument takes its across-ranks path.
+
+    ``None`` and a group of one rank do not: a one-rank group behaves exactly as no group
+    (the single-process path, its checks, its ``torch.compile`` support, no collectives),
+    in every family.
+
+    Args:
+        group: a ``torch.distributed`` process group, or ``None``.
+    Returns:
+        ``True`` when ``group`` has more than one rank.
+    Raises:
+        ArgumentError: a group given while ``torch.distributed`` is not initialised
+        (``torch.distributed.group.WORLD`` is ``None`` then, so code written for
+        ``group=dist.group.WORLD`` still runs on one process).
+    Example:
+        >>> import torch.distributed as dist
+        >>> from crossent import distributed as D
+        >>> D.spans_ranks(None)
+        False
+        >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        >>> D.spans_ranks(dist.group.WORLD)
+        False
+        >>> dist.destroy_process_group()
+    """
+    if group is None:
+        return False
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ArgumentError(f"group={group!r} needs torch.distributed to be initialised "
+                            "(torch.distributed.init_process_group); pass group=None for one process")
+    return dist.get_world_size(group) > 1
 
 
 def comm_device(group) -> torch.device:
@@ -383,11 +423,28 @@ def gather_uneven(x: torch.Tensor, group, sizes: Sequence[int] | None = None) ->
     return [p[:n] for p, n in zip(parts, sizes)]
 
 
-def _offsets(sizes: Sequence[int]) -> list[int]:
+def offsets(sizes: Sequence[int]) -> list[int]:
+    """Where each rank's part starts when the parts are concatenated in rank order.
+
+    ::
+
+        offsets(sizes)[r] = sizes[0] + ... + sizes[r - 1]      (exclusive prefix sums)
+
+    The one place rank offsets are computed (rows, columns, class shards).
+
+    Args:
+        sizes: every rank's part size, in rank order.
+    Returns:
+        A list of ``len(sizes)`` ints; the total is ``sum(sizes)``.
+    Example:
+        >>> from crossent import distributed as D
+        >>> D.offsets([4, 7, 0, 2])
+        [0, 4, 11, 11]
+    """
     out, total = [], 0
     for n in sizes:
         out.append(total)
-        total += n
+        total += int(n)
     return out
 
 
@@ -414,7 +471,7 @@ class _AllGather(torch.autograd.Function):
         grad = grad.contiguous()
         rank, _ = rank_and_size(ctx.group)
         if ctx.convention == TENSOR_PARALLEL:
-            start = _offsets(ctx.sizes)[rank]
+            start = offsets(ctx.sizes)[rank]
             return grad[start:start + ctx.sizes[rank]], None, None, None
         return _reduce_scatter_rows(grad, ctx.sizes, ctx.group), None, None, None
 
@@ -619,6 +676,14 @@ def _all_gather_bytes(payload: bytes, group) -> list[bytes]:
     return [p.cpu().numpy().tobytes() for p in gather_uneven(data, group)]
 
 
+def _same_value(x, y) -> bool:
+    """Equality of agreement fields, with NaN equal to NaN (a NaN hyperparameter is the
+    same value on every rank, not a disagreement)."""
+    if isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y):
+        return True
+    return x == y
+
+
 def check_agreement(context: str, group, *, same: Mapping[str, Any],
                     each: Mapping[str, Any] | None = None,
                     error: BaseException | None = None) -> list[dict]:
@@ -678,7 +743,7 @@ def check_agreement(context: str, group, *, same: Mapping[str, Any],
     keys = sorted(set().union(*(rec["same"].keys() for rec in records)))
     for key in keys:
         values = [rec["same"].get(key, missing) for rec in records]
-        if any(v != values[0] for v in values[1:]):
+        if any(not _same_value(v, values[0]) for v in values[1:]):
             shown = ", ".join(
                 f"rank {r}: {'<missing>' if v is missing else repr(v)}" for r, v in enumerate(values)
             )
@@ -828,6 +893,79 @@ def merge_row_stats(stats: _stats.RowStats, group, *, col_offset: int = 0,
         merged = state if merged is None else _stats.merge(merged, state)
         totals = rest if totals is None else [t + r for t, r in zip(totals, rest)]
     return merged, list(totals)
+
+
+def _lse_share(lse_local: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """``d lse / d lse_r = exp(lse_r - lse)`` (0 where the merged row is empty)."""
+    finite = torch.isfinite(lse)
+    zero = torch.zeros((), dtype=lse.dtype, device=lse.device)
+    return torch.where(finite, torch.exp(lse_local - torch.where(finite, lse, zero)), zero)
+
+
+class _MergeGradient(torch.autograd.Function):
+    """The merged ``(lse, *sums)`` (values given), differentiable w.r.t. this rank's
+    ``(lse_r, *parts)``."""
+
+    @staticmethod
+    def forward(ctx, group, convention, lse_r, lse, *pairs):
+        k = len(pairs) // 2
+        ctx.group, ctx.convention, ctx.k = group, convention, k
+        ctx.save_for_backward(lse_r, lse)
+        return (lse.clone(),) + tuple(t.clone() for t in pairs[k:])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        lse_r, lse = ctx.saved_tensors
+        grads = list(grads)
+        if ctx.convention == DATA_PARALLEL:  # sum over ranks of every rank's cotangent
+            flat = _raw_all_reduce(torch.cat([g.reshape(-1) for g in grads]), ctx.group)
+            grads = [part.view_as(g) for part, g in
+                     zip(torch.split(flat, [g.numel() for g in grads]), grads)]
+        g_lse = grads[0] * _lse_share(lse_r, lse)
+        return (None, None, g_lse, None) + tuple(grads[1:]) + (None,) * ctx.k
+
+
+def with_merge_gradient(lse_local: torch.Tensor, lse: torch.Tensor, group, *,
+                        parts: Sequence[torch.Tensor] = (), sums: Sequence[torch.Tensor] = (),
+                        convention: str = DATA_PARALLEL) -> tuple[torch.Tensor, ...]:
+    """The cross-rank log-sum-exp merge, differentiable (the chain rule of merge_row_stats).
+
+    The values are given (``lse``, ``sums``: the merged results, computed without autograd,
+    the same bits on every rank); the gradients flow back to this rank's parts::
+
+        lse = log sum_r exp(lse_r)       d lse / d lse_r = exp(lse_r - lse)   (0 if lse = -inf)
+        s   = sum_r s_r                  d s / d s_r = 1
+
+    Args:
+        lse_local: ``(N,)`` this rank's log-sum-exp ``lse_r``; ``lse``: the merged one.
+        parts / sums: tensors summed across ranks (e.g. the target dot, the target mass):
+            this rank's parts and the merged sums, pairwise of equal shapes.
+        convention: ``'data_parallel'`` (each rank's graph holds its own copy of the loss:
+            the cotangents are all-reduced, one all-reduce in the backward) or
+            ``'tensor_parallel'`` (the loss once, the same cotangent on every rank: no
+            communication). See the module docstring.
+
+    Returns:
+        ``(lse, *sums)``, new tensors carrying the gradient.
+    Example:
+        >>> import torch, torch.distributed as dist
+        >>> from crossent import distributed as D
+        >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        >>> lse_r = torch.tensor([0.5, -1.0], requires_grad=True)
+        >>> lse, = D.with_merge_gradient(lse_r, lse_r.detach(), dist.group.WORLD,
+        ...                              convention="tensor_parallel")
+        >>> lse.sum().backward()
+        >>> lse_r.grad  # exp(lse_r - lse) = 1 when this rank holds every class
+        tensor([1., 1.])
+        >>> dist.destroy_process_group()
+
+    References:
+        Milakov & Gimelshein, "Online normalizer calculation for softmax", 2018.
+    """
+    _check_convention(convention)
+    if len(parts) != len(sums):
+        raise ArgumentError(f"parts and sums must pair up, got {len(parts)} and {len(sums)}")
+    return _MergeGradient.apply(group, convention, lse_local, lse, *parts, *sums)
 
 
 # ------------------------------------------------------------------------ ring

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch.nn import _reduction as _legacy
 
 from . import checks as _checks
+from .collectives import spans_ranks
 from .reduction import ALL_IGNORED_CHOICES, accumulation_dtype, reduce_rows
 from .sharded import parallel_cross_entropy
 from .statistics import ScoreTransform, softmax_statistics, to_rows
@@ -300,7 +301,7 @@ def cross_entropy(
             global class indices (the same on every rank) or this rank's slice of the
             probabilities, ``weight`` this rank's slice. Every rank returns the global loss
             and ``input`` gets its slice of the global gradient. See
-            :mod:`crossent.core.sharded`. ``None``: one process.
+            :mod:`crossent.core.sharded`. ``None`` or a group of one rank: one process.
     Shape:
         input ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dK)``; target ``()``, ``(N,)``,
         ``(N, d1, ..., dK)`` class indices or probabilities of input's shape; the output is
@@ -333,7 +334,7 @@ def cross_entropy(
                                    reduction, label_smoothing, z_loss, softcap, logit_scale,
                                    all_ignored)
 
-    if group is not None:
+    if spans_ranks(group):  # a one-rank group is no group
         stats, valid, denominator, args = parallel_cross_entropy(
             input, target, weight, validate, return_stats=return_stats,
             all_ignored=all_ignored, group=group)

@@ -69,7 +69,8 @@ class Shards:
 
     @property
     def offset(self) -> int:
-        return sum(self.sizes[: self.rank])
+        """The global index of this rank's first class (:func:`crossent.core.collectives.offsets`)."""
+        return D.offsets(self.sizes)[self.rank]
 
     @property
     def total(self) -> int:
@@ -157,29 +158,6 @@ def merge_shards(group, shards: Shards, *, lse, dot, mass, denominator=None, ent
     )
 
 
-def lse_share(lse_local: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
-    """``d lse / d lse_r = exp(lse_r - lse)`` (0 where the row is empty)."""
-    finite = torch.isfinite(lse)
-    zero = torch.zeros((), dtype=lse.dtype, device=lse.device)
-    return torch.where(finite, torch.exp(lse_local - torch.where(finite, lse, zero)), zero)
-
-
-class _WithMergeGradient(torch.autograd.Function):
-    """``(lse, dot, mass)`` of the merge, differentiable w.r.t. this shard's
-    ``(lse_r, dot_r, mass_r)`` (tensor parallel: the objective is ``L`` once)."""
-
-    @staticmethod
-    def forward(ctx, lse_r, dot_r, mass_r, lse, dot, mass):
-        ctx.save_for_backward(lse_r, lse)
-        return lse.clone(), dot.clone(), mass.clone()
-
-    @staticmethod
-    def backward(ctx, g_lse, g_dot, g_mass):
-        lse_r, lse = ctx.saved_tensors
-        g_r = None if g_lse is None else g_lse * lse_share(lse_r, lse)
-        return g_r, g_dot, g_mass, None, None, None
-
-
 # ---------------------------------------------------------- given logits
 
 
@@ -228,8 +206,8 @@ def parallel_cross_entropy(input, target, weight, validate, *, return_stats: boo
                      best_score=args.transform.apply(picked, acc))
     m = merge_shards(group, shards, lse=stats.lse, dot=stats.dot, mass=stats.mass,
                      denominator=denominator, **extra)
-    lse, dot, mass = _WithMergeGradient.apply(stats.lse, stats.dot, stats.mass, m.lse, m.dot,
-                                              m.mass)
+    lse, dot, mass = D.with_merge_gradient(stats.lse, m.lse, group, parts=(stats.dot, stats.mass),
+                                           sums=(m.dot, m.mass), convention=D.TENSOR_PARALLEL)
     if args.probs:  # 'mean' over rows, as without group
         m.denominator = torch.tensor(float(lse.shape[0]), dtype=lse.dtype, device=lse.device)
     merged = stats._replace(lse=lse, dot=dot, mass=mass, entropy=m.entropy, argmax=m.argmax)

@@ -1,4 +1,4 @@
-"""Backend choice for the fused linear cross-entropy: one ``name -> module`` table.
+"""Backend choice: one ``(op, backend)`` table.
 
 Tile sizes are planned in :mod:`crossent.core.tiles` (one planner, one budget table).
 """
@@ -7,13 +7,23 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 
 import torch
 
 from ..core.checks import ArgumentError
 
 BACKENDS = ("torch", "triton")
-_MODULES = {"torch": "crossent.kernels.torch_chunked", "triton": "crossent.kernels.triton_linear"}
+OPS = ("linear", "similarity")
+# The one (op, backend) table: every score source's PyTorch engine and its Triton twin.
+# - "linear": ``run(problem, plan, ...)`` (the contract of :mod:`.torch_chunked`);
+# - "similarity": ``block_forward`` / ``block_backward`` (the contract of :mod:`.similarity`).
+_MODULES = {
+    ("linear", "torch"): "crossent.kernels.torch_chunked",
+    ("linear", "triton"): "crossent.kernels.triton_linear",
+    ("similarity", "torch"): "crossent.kernels.similarity",
+    ("similarity", "triton"): "crossent.kernels.triton_similarity",
+}
 
 
 def triton_available() -> bool:
@@ -42,6 +52,14 @@ def resolve_backend(name: str, device: torch.device) -> str:
     return name
 
 
-def get_backend(name: str):
-    """The backend module for a resolved name."""
-    return importlib.import_module(_MODULES[name])
+def get_backend(name: str, op: str = "linear"):
+    """The backend module of ``op`` (one of :data:`OPS`) for a resolved backend ``name``
+    (from :func:`resolve_backend`), imported on first use (Triton only when asked for)."""
+    if (op, name) not in _MODULES:
+        raise ArgumentError(f"no backend {name!r} for op {op!r}: expected op in {OPS} and "
+                            f"backend in {BACKENDS}")
+    path = _MODULES[(op, name)]
+    # an imported module from sys.modules: torch.compile traces that lookup (it refuses
+    # to trace importlib), and every call after the first finds it there
+    module = sys.modules.get(path)
+    return module if module is not None else importlib.import_module(path)

@@ -7,14 +7,14 @@ Contrastive losses score rows ``a`` (``(n, d)``) against columns ``b`` (``(m, d)
 and need, per row and/or per column, an *aggregate* of the scores and a *target dot*:
 
 - ``softmax``: ``lse_i = logsumexp_j z_ij`` (InfoNCE, CLIP, NT-Xent, SupCon); the
-  streaming statistics of :mod:`crossent._stats` (max, sum of exp, target dot) and their
+  streaming statistics of :mod:`crossent.core.stats` (max, sum of exp, target dot) and their
   exact merge;
 - ``sigmoid``: ``sp_i = sum_j softplus(z_ij)`` (SigLIP: ``-log sigmoid(+-z)`` is
   ``softplus(z) - [positive] z``); statistics merge by addition;
 
-and ``dot_i = sum_j t_ij z_ij`` for a target from :mod:`crossent._targets` (columns are
-the classes: :meth:`~crossent._targets.ClassIndexTarget.indices` or
-:class:`~crossent._targets.LabelSetTarget`). Every contrastive loss is then arithmetic
+and ``dot_i = sum_j t_ij z_ij`` for a target from :mod:`crossent.core.targets` (columns are
+the classes: :meth:`~crossent.core.targets.ClassIndexTarget.indices` or
+:class:`~crossent.core.targets.LabelSetTarget`). Every contrastive loss is then arithmetic
 on these ``(n,)`` / ``(m,)`` vectors, done by autograd; this module supplies the
 ``n x m`` part of the chain rule::
 
@@ -31,10 +31,18 @@ recomputes each tile from the saved features and the saved aggregates. Memory be
 inputs and outputs: a few tiles (from a memory budget, :func:`plan`) and ``O(n + m)``
 statistics, never ``n x m``.
 
-:func:`block_forward` / :func:`block_backward` work on one block of columns with running
-statistics carried in and out; :func:`similarity_statistics` (an autograd Function) does
-a single block, and the distributed designs of :mod:`crossent.contrastive` call the same
-two functions on the blocks they receive (a ring passes blocks and their statistics).
+This module is the plain-PyTorch backend of the ``"similarity"`` op; its Triton twin is
+:mod:`crossent.kernels.triton_similarity`, and :func:`crossent.kernels.dispatch.get_backend`
+picks one. The contract of a backend module is two functions:
+
+- ``block_forward(ops, b, blk, plan, row_state, col_state)``: merge the statistics of
+  rows ``ops.a`` against columns ``b`` into the running ``(3, n)`` / ``(3, m)`` states;
+- ``block_backward(ops, b, blk, plan, grads, grad_a, grad_b, grad_bias)``: accumulate
+  ``G b``, ``G^T (scale a)`` and ``sum G`` into the given buffers;
+
+with the data types defined here (:class:`Block`, :class:`Operands`, :class:`BlockGrads`).
+The autograd Functions that call them (one device, and the ring across ranks) live in
+the contrastive family (:mod:`crossent.contrastive.engine`, :mod:`crossent.contrastive.sharded`).
 Rows and columns carry *global* indices (``row_start``, ``col_start``) so that targets
 and the excluded self pairs are the same on one device and across ranks.
 
@@ -70,7 +78,7 @@ AGGREGATES = ("softmax", "sigmoid")
 
 
 class _Softmax:
-    """Running ``(max, sum of exp, dot)`` per row: :mod:`crossent._stats`."""
+    """Running ``(max, sum of exp, dot)`` per row: :mod:`crossent.core.stats`."""
 
     @staticmethod
     def accumulate_(state: torch.Tensor, z: torch.Tensor, target, col_start: int) -> None:
@@ -331,101 +339,3 @@ def scale_grads(ops: Operands, scale: torch.Tensor, grad_a_unscaled: torch.Tenso
     g_scale = (grad_a_unscaled * ops.a).sum() if need_scale else None
     g_a = grad_a_unscaled.mul_(scale.detach().to(grad_a_unscaled.dtype)) if need_a else None
     return g_a, g_scale
-
-
-# ------------------------------------------------------------------ autograd
-
-
-class _BlockFunction(torch.autograd.Function):
-    """Statistics of one block of rows against one block of columns (one device)."""
-
-    @staticmethod
-    def forward(ctx, a, b, scale, bias, blk: Block, p: TilePlan, backend: str):
-        same = b is None  # self-similarity: ``b`` is ``a`` (passed once: torch.compile)
-        b = a if same else b
-        ops = Operands.build(a, b, scale, bias)
-        agg = aggregate(blk.aggregate)
-        n, m, acc, dev = a.shape[0], b.shape[0], ops.a.dtype, a.device
-        row_state = agg.init(n, acc, dev) if blk.rows else None
-        col_state = agg.init(m, acc, dev) if blk.cols else None
-        _run_forward(backend, ops, ops.b, blk, p, row_state, col_state)
-        row_value = agg.value(row_state) if blk.rows else None
-        col_value = agg.value(col_state) if blk.cols else None
-        # Only computed tensors are saved (None for a side without statistics): under
-        # torch.compile a saved placeholder that is not an output of the traced forward
-        # fails ("Placeholder node not found").
-        ctx.save_for_backward(a, b, scale, bias, row_value, col_value)
-        ctx.blk, ctx.plan, ctx.backend, ctx.same = blk, p, backend, same
-
-        def out(t):
-            return a.new_empty(0, dtype=acc) if t is None else t
-        return (out(row_value), out(row_state[2] if blk.rows else None),
-                out(col_value), out(col_state[2] if blk.cols else None))
-
-    @staticmethod
-    def backward(ctx, g_row, g_row_dot, g_col, g_col_dot):
-        a, b, scale, bias, row_value, col_value = ctx.saved_tensors
-        blk: Block = ctx.blk
-        need_a, need_b, need_scale, need_bias = ctx.needs_input_grad[:4]
-        ops = Operands.build(a, a if ctx.same else b, scale, bias)
-        acc = ops.a.dtype
-        grads = BlockGrads(
-            finite(row_value) if blk.rows else None, _acc(g_row, acc) if blk.rows else None,
-            _acc(g_row_dot, acc) if blk.rows else None,
-            finite(col_value) if blk.cols else None, _acc(g_col, acc) if blk.cols else None,
-            _acc(g_col_dot, acc) if blk.cols else None,
-        )
-        grad_a = torch.zeros_like(ops.a) if need_a or need_scale else None
-        grad_b = torch.zeros_like(ops.b) if need_b or (ctx.same and need_a) else None
-        grad_bias = torch.zeros((), dtype=acc, device=a.device) if need_bias else None
-        _run_backward(ctx.backend, ops, ops.b, blk, ctx.plan, grads, grad_a, grad_b, grad_bias)
-        g_a, g_scale = scale_grads(ops, scale, grad_a, need_a, need_scale)
-        if ctx.same and g_a is not None:  # a entered as both sides
-            g_a = g_a + grad_b
-            grad_b = None
-        return (
-            g_a.to(a.dtype) if g_a is not None else None,
-            grad_b.to(b.dtype) if grad_b is not None and need_b else None,
-            g_scale.to(scale.dtype) if g_scale is not None else None,
-            grad_bias.to(bias.dtype) if grad_bias is not None else None,
-            None, None, None,
-        )
-
-
-def _acc(g: torch.Tensor | None, acc: torch.dtype) -> torch.Tensor | None:
-    return None if g is None else g.to(acc)
-
-
-def _run_forward(backend, ops, b, blk, p, row_state, col_state):
-    if backend == "triton":
-        from . import triton_similarity
-
-        return triton_similarity.block_forward(ops, b, blk, p, row_state, col_state)
-    return block_forward(ops, b, blk, p, row_state, col_state)
-
-
-def _run_backward(backend, ops, b, blk, p, grads, grad_a, grad_b, grad_bias):
-    if backend == "triton":
-        from . import triton_similarity
-
-        return triton_similarity.block_backward(ops, b, blk, p, grads, grad_a, grad_b, grad_bias)
-    return block_backward(ops, b, blk, p, grads, grad_a, grad_b, grad_bias)
-
-
-class Statistics(NamedTuple):
-    row_agg: torch.Tensor  # (n,) lse (softmax) or sum of softplus (sigmoid); empty if unwanted
-    row_dot: torch.Tensor  # (n,)
-    col_agg: torch.Tensor  # (m,)
-    col_dot: torch.Tensor  # (m,)
-
-
-def similarity_statistics(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor,
-                          bias: torch.Tensor | None, blk: Block, p: TilePlan,
-                          backend: str = "torch") -> Statistics:
-    """Differentiable row and column statistics of ``z = scale a b^T + bias`` (one device).
-
-    ``scale`` and ``bias`` are 0-d tensors; ``b`` may be ``a`` itself (self-similarity).
-    Returned in the accumulation dtype (float32, or float64 for float64 features).
-    """
-    return Statistics(*_BlockFunction.apply(a, None if b is a else b, scale, bias, blk, p,
-                                            backend))

@@ -10,7 +10,7 @@ The contract of :mod:`crossent.kernels.similarity` (``block_forward`` /
   ``softplus`` for the sigmoid aggregate — and writes the rows' ``(max, sum, dot)``; in
   the same pass it writes each column's partial statistics over the program's rows
   (``(3, programs, m)``), which the host merges with the same exact merge as the tiles
-  (:mod:`crossent._stats`). One pass gives both CLIP directions.
+  (:mod:`crossent.core.stats`). One pass gives both CLIP directions.
 - :func:`_grad_kernel`, one program per ``BLOCK_N x BLOCK_M`` tile, writes the gradient
   tile ``G = gR p + gC q + gDR t + gDC t'``; ``G b``, ``G^T (scale a)`` and ``sum G`` are
   then dense matmuls on the band (deterministic, no atomics), shared with the PyTorch

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..core import checks as _checks
+from ..core import collectives as D
 from ..core.multiclass import CrossEntropyStats
 from ..core.reduction import ALL_IGNORED_CHOICES, accumulation_dtype, mean_scale, reduce_rows
 from ..core.statistics import ScoreTransform
@@ -245,19 +246,8 @@ def _check_shapes(input, linear_weight, linear_bias):
             "which crossent.linear_cross_entropy does not support; use "
             "crossent.cross_entropy(F.linear(input, linear_weight), ...) for it"
         )
-    if input.shape[-1] != linear_weight.shape[-1]:
-        raise _checks.ArgumentError(
-            f"input and linear_weight must have equal last dimensions (in_features), got "
-            f"{input.shape[-1]} and {linear_weight.shape[-1]}"
-        )
-    if input.dtype != linear_weight.dtype:
-        raise _checks.ArgumentTypeError(
-            f"input and linear_weight must have the same dtype, got {input.dtype} and {linear_weight.dtype}"
-        )
-    if input.device != linear_weight.device:
-        raise _checks.ArgumentError(
-            f"linear_weight is on {linear_weight.device}, expected {input.device} like input"
-        )
+    _checks.check_same_features("input", input, "linear_weight", linear_weight,
+                                dim="last dimension (in_features)")
     if linear_bias is not None:
         _checks.check_floating("linear_bias", linear_bias)
         if tuple(linear_bias.shape) != (linear_weight.shape[0],):
@@ -429,7 +419,7 @@ def linear_cross_entropy(
             indices (the same on every rank) or this rank's slice of the probabilities.
             Every rank returns the global loss; the weight and bias get their slice of the
             global gradient, ``input`` the full gradient (all-reduced in the backward). See
-            :mod:`crossent.linear.sharded`. ``None``: one process.
+            :mod:`crossent.linear.sharded`. ``None`` or a group of one rank: one process.
     Shape:
         input ``(H,)`` or ``(N, H)``; linear_weight ``(V, H)``; linear_bias ``(V,)``;
         target ``()``/``(N,)`` class indices or ``(V,)``/``(N, V)`` probabilities; weight
@@ -457,19 +447,20 @@ def linear_cross_entropy(
         ``torch.nn.functional.linear_cross_entropy``.
     """
     del options
+    parallel = D.spans_ranks(group)  # a one-rank group is no group
 
     def validate():
         # everything but the class-index bounds with group= (they need the global count);
         # the tile options too, before any collective (they may differ by rank)
         a = _linear_args(input, linear_weight, target, linear_bias, weight, reduction,
                          ignore_index, label_smoothing, z_loss, softcap, logit_scale,
-                         all_ignored, backend, check_bounds=group is None)
+                         all_ignored, backend, check_bounds=not parallel)
         plan = _plan(a, linear_weight.shape[0], return_stats, memory_budget, token_chunk_size,
                      vocab_chunk_size, recompute=a.reduction == "none",
                      weighted=weight is not None)
         return a, plan
 
-    if group is not None:
+    if parallel:
         loss, lse, ent, best, a = parallel_linear_cross_entropy(
             input, linear_weight, linear_bias, weight, validate, return_stats=return_stats,
             all_ignored=all_ignored, group=group)

@@ -26,7 +26,7 @@ sampling reproducible. In ``eval()`` mode every class is used.
 (the global batch gathered, ``sample_rate`` per shard); options ``reduction`` ('mean',
 'sum'), ``ignore_index``, ``label_smoothing``. Keep the head out of DDP (its weight is a
 shard, not a replica); ``load_global_weight`` / ``global_weight`` convert from and to a
-full weight.
+full weight. A group of one rank is no group (the one-process head).
 """
 
 from __future__ import annotations
@@ -69,10 +69,12 @@ class _MarginHead(nn.Module):
         self.sample_rate = check_sample_rate(sample_rate)
         self.generator = generator
         self.group = group
+        # a group of one rank is no group (collectives.spans_ranks): the one-process path
+        self._sharded = distributed.spans_ranks(group)
         #: with ``group``: this shard's classes (global ids) used by the last training step
         self.sampled_classes = None
         self.class_start, self.class_end = 0, self.num_classes
-        if group is not None:  # Partial FC across ranks: this rank's class shard
+        if self._sharded:  # Partial FC across ranks: this rank's class shard
             rank, world = distributed.rank_and_size(group)
             if self.num_classes < world:
                 raise _checks.ArgumentError(
@@ -88,7 +90,7 @@ class _MarginHead(nn.Module):
         nn.init.normal_(self.weight, 0.0, 0.01)
 
     def forward(self, embeddings: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.group is not None:
+        if self._sharded:
             loss, self.sampled_classes = partial_fc_loss(
                 self.spec, embeddings, self.weight, target, group=self.group,
                 num_classes=self.num_classes,
@@ -123,14 +125,14 @@ class _MarginHead(nn.Module):
         """The full ``(num_classes * centers, embedding_dim)`` weight, detached: with
         ``group``, every rank's shard gathered in rank order (a collective: every rank
         calls it; it holds all ``num_classes`` rows on every rank)."""
-        if self.group is None:
+        if not self._sharded:
             return self.weight.detach().clone()
         return torch.cat(distributed.gather_uneven(self.weight.detach(), self.group))
 
     def logits(self, embeddings: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         """``(N, num_classes)`` logits; with ``target``, margin-adjusted on the target class.
         With ``group``: this rank's classes ``[class_start, class_end)``, no target."""
-        if self.group is not None and target is not None:
+        if self._sharded and target is not None:
             raise _checks.ArgumentError(
                 "logits(target=...) is not available with group= (the target class may live "
                 "on another rank); call logits(embeddings) for this shard's plain logits")
@@ -139,7 +141,7 @@ class _MarginHead(nn.Module):
     def extra_repr(self) -> str:
         params = ", ".join(f"{k}={v}" for k, v in self.params.items())
         shard = (f", classes [{self.class_start}, {self.class_end}) of the group's"
-                 if self.group is not None else "")
+                 if self._sharded else "")
         return (f"num_classes={self.num_classes}{shard}, embedding_dim={self.embedding_dim}"
                 + (f", {params}" if params else "")
                 + (f", sample_rate={self.sample_rate}" if self.sample_rate < 1 else ""))

@@ -165,23 +165,10 @@ def margin_spec(head: str, **params) -> MarginSpec:
 
 def _check_inputs(embeddings, weight, centers: int) -> int:
     """Shapes, dtypes and devices; returns the number of classes."""
-    _checks.check_floating("embeddings", embeddings)
-    _checks.check_floating("weight", weight)
-    if embeddings.dim() != 2:
-        raise _checks.ArgumentError(
-            f"embeddings must be 2-D (N, embedding_dim), got shape {list(embeddings.shape)}")
-    if weight.dim() != 2:
-        raise _checks.ArgumentError(
-            f"weight must be 2-D (num_classes * centers, embedding_dim), got shape {list(weight.shape)}")
-    if embeddings.shape[1] != weight.shape[1]:
-        raise _checks.ArgumentError(
-            f"embeddings and weight must have equal last dimensions (embedding_dim), got "
-            f"{embeddings.shape[1]} and {weight.shape[1]}")
-    if embeddings.dtype != weight.dtype:
-        raise _checks.ArgumentTypeError(
-            f"embeddings and weight must have the same dtype, got {embeddings.dtype} and {weight.dtype}")
-    if embeddings.device != weight.device:
-        raise _checks.ArgumentError(f"weight is on {weight.device}, expected {embeddings.device} like embeddings")
+    _checks.check_matrix("embeddings", embeddings, "(N, embedding_dim)")
+    _checks.check_matrix("weight", weight, "(num_classes * centers, embedding_dim)")
+    _checks.check_same_features("embeddings", embeddings, "weight", weight,
+                                dim="last dimension (embedding_dim)")
     if weight.shape[0] == 0 or weight.shape[0] % centers:
         raise _checks.ArgumentError(
             f"weight must have num_classes * centers rows (centers={centers}), got {weight.shape[0]} rows")
