@@ -187,3 +187,21 @@ def test_sharded_probability_gradient_and_create_graph(rank_pool):
             torch.testing.assert_close(gq, want[3][:, start:start + size], msg=msg)
             assert got["error"] is not None, msg
             assert "crossent.linear_cross_entropy(group=...): double backward" in got["error"], msg
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_probability_target_gradient_under_compile(reduction):
+    """The target's gradient through the custom ops under torch.compile(fullgraph=True)."""
+    d = _data()
+
+    def grads(fn):
+        x, w, q = (d[k].clone().requires_grad_() for k in ("x", "w", "q"))
+        loss = fn(x, w, q)
+        return torch.autograd.grad(loss, (x, w, q), _upstream(loss, d["up"]))
+
+    got = grads(torch.compile(lambda x, w, q: ce.linear_cross_entropy(
+        x, w, q, reduction=reduction, label_smoothing=0.1), fullgraph=True))
+    want = grads(lambda x, w, q: F.cross_entropy(F.linear(x, w), q, reduction=reduction,
+                                                 label_smoothing=0.1))
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a, e)
