@@ -18,8 +18,7 @@ import torch
 
 from ..core import collectives as D
 from ..core.reduction import accumulation_dtype
-from ..core.sharded import (Merged, Shards, agree, agreement_fields, merge_shards,
-                            shard_index_target)
+from ..core.sharded import Merged, Shards, agree, agreement_fields, merge_shards, shard_index_target
 from ..core.statistics import ScoreTransform
 from ..core.targets import ClassIndexTarget, ClassProbTarget
 from ..kernels import margin_scores
