@@ -168,6 +168,7 @@ def _sharded_job(rank, world_size, d):
     return out
 
 
+@pytest.mark.slow
 def test_sharded_probability_gradient_and_create_graph(rank_pool):
     d = _data(1)
     results = rank_pool(2).run(_sharded_job, d)
@@ -189,6 +190,7 @@ def test_sharded_probability_gradient_and_create_graph(rank_pool):
             assert "crossent.linear_cross_entropy(group=...): double backward" in got["error"], msg
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_probability_target_gradient_under_compile(reduction):
     """The target's gradient through the custom ops under torch.compile(fullgraph=True)."""
