@@ -69,3 +69,11 @@ def mean_scale(denominator: torch.Tensor, all_ignored: str = "nan") -> torch.Ten
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """float32 for half inputs and float32, float64 for float64: never accumulate narrower."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def loss_dtype(input_dtype: torch.dtype) -> torch.dtype:
+    """The dtype a loss is returned in: float32 for half inputs (float16, bfloat16), else
+    the input's own dtype (float32, float64). The one output rule of every fused loss."""
+    if input_dtype in (torch.float16, torch.bfloat16):
+        return torch.float32
+    return input_dtype

@@ -34,6 +34,7 @@ from typing import NamedTuple
 import torch
 
 from . import stats as _stats
+from .backward import refuse_double_backward
 from .reduction import accumulation_dtype
 from .targets import ClassIndexTarget, ClassProbTarget
 from .tiles import chunk_rows, row_chunks
@@ -177,6 +178,11 @@ class _SoftmaxStatisticsFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_lse, grad_dot, grad_mass, _grad_entropy, _grad_argmax):
+        refuse_double_backward(
+            "crossent.cross_entropy (and focal_loss, poly1_cross_entropy and the other losses "
+            "built on its softmax statistics)",
+            "For a gradient of the gradient, use torch.nn.functional.cross_entropy / "
+            "log_softmax on the logits.")
         input, probs, lse = ctx.saved_tensors
         need_input, need_probs = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         rows = to_rows(input)

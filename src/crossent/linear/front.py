@@ -13,9 +13,11 @@ with ``reduction='none'`` the forward keeps the per-row log-sum-exp and the back
 recomputes the tiles for exact per-token gradients. Accumulation is float32 (float64 for
 float64 input) whatever the input dtype.
 
-The op is registered with ``torch.library.custom_op`` (with fake implementations), so
-``torch.compile(fullgraph=True)`` traces through it without graph breaks; nothing on
-the hot path synchronises the host.
+This module validates the arguments, plans the tiles and makes one call of the engine
+(:mod:`crossent.linear.engine`: a ``torch.library`` custom op with fake implementations,
+so ``torch.compile(fullgraph=True)`` traces through it without graph breaks; nothing on
+the hot path synchronises the host), or with ``group=`` of its sharded wrapper
+(:mod:`crossent.linear.sharded`).
 
 References: Wijmans et al., "Cut Your Losses in Large-Vocabulary Language Models"
 (2024, CCE); Hsu et al., "Liger Kernel: Efficient Triton Kernels for LLM Training"
@@ -24,7 +26,7 @@ References: Wijmans et al., "Cut Your Losses in Large-Vocabulary Language Models
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -32,198 +34,15 @@ from torch import nn
 from ..core import checks as _checks
 from ..core import collectives as D
 from ..core.multiclass import CrossEntropyStats
-from ..core.reduction import ALL_IGNORED_CHOICES, accumulation_dtype, mean_scale, reduce_rows
+from ..core.reduction import ALL_IGNORED_CHOICES, accumulation_dtype
 from ..core.statistics import ScoreTransform
-from ..core.stats import cross_entropy_rows
-from ..core.targets import ClassIndexTarget, ClassProbTarget
-from ..core.tiles import TilePlan, plan_tiles
-from ..kernels import margin_scores
-from ..kernels.dispatch import get_backend, resolve_backend
-from ..kernels.torch_chunked import LinearProblem, tile_buffers
+from ..core.tiles import plan_tiles
+from ..kernels.dispatch import resolve_backend
+from ..kernels.torch_chunked import tile_buffers
+from .engine import linear_ce_op
 from .sharded import parallel_linear_cross_entropy
 
 __all__ = ["linear_cross_entropy", "LinearCrossEntropyLoss"]
-
-_EMPTY = (0,)
-
-
-# --------------------------------------------------------------------------- the op
-
-
-def _target(x, index, probs, class_weight, ignore_index, label_smoothing, num_classes):
-    acc = accumulation_dtype(x.dtype)
-    if probs is not None:
-        return ClassProbTarget.build(probs, weight=class_weight, label_smoothing=label_smoothing, dtype=acc)
-    return ClassIndexTarget.build(
-        index, num_classes, weight=class_weight, ignore_index=ignore_index,
-        label_smoothing=label_smoothing, dtype=acc,
-    )
-
-
-def _problem(x, weight, bias, target, z_loss, softcap, logit_scale, margin="",
-             margin_args=None) -> LinearProblem:
-    scores = None
-    if margin:  # a margin head (crossent.margin): another score source over the same weight
-        scores = margin_scores.build(margin, margin_args, x, weight, target)
-    return LinearProblem(x, weight, bias, target, ScoreTransform(logit_scale, softcap), z_loss,
-                         scores)
-
-
-def _empty(like: torch.Tensor, dtype=None) -> torch.Tensor:
-    return like.new_empty(_EMPTY, dtype=dtype or like.dtype)
-
-
-@torch.library.custom_op("crossent::linear_cross_entropy", mutates_args=())
-def _linear_ce_op(
-    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-    index: Optional[torch.Tensor], probs: Optional[torch.Tensor], class_weight: Optional[torch.Tensor],
-    ignore_index: int, label_smoothing: float, reduction: str, z_loss: float,
-    softcap: Optional[float], logit_scale: float, all_ignored: str, rows: int, cols: int,
-    backend: str, stats: bool, need_x: bool, need_w: bool, need_b: bool,
-    margin: str = "", margin_args: Optional[Sequence[float]] = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns ``(loss, lse, entropy, argmax, grad_x, grad_weight, grad_bias)``; the
-    gradients (for a unit upstream gradient) only for scalar reductions, else empty.
-    ``margin``/``margin_args``: a margin head's spec (:mod:`crossent.margin`), or "" for none."""
-    num_classes = margin_scores.num_classes(margin, margin_args, weight)
-    target = _target(x, index, probs, class_weight, ignore_index, label_smoothing, num_classes)
-    acc = accumulation_dtype(x.dtype)
-    row_scale = None
-    if reduction != "none" and (need_x or need_w or need_b):
-        scale = torch.ones((), dtype=acc, device=x.device)
-        if reduction == "mean":
-            scale = mean_scale(target.mean_denominator().to(acc), all_ignored)
-        row_scale = target.valid.to(acc) * scale
-    res = get_backend(backend).run(
-        _problem(x, weight, bias, target, z_loss, softcap, logit_scale, margin, margin_args),
-        TilePlan(rows, cols), row_scale=row_scale, need_x=need_x, need_w=need_w, need_b=need_b,
-        entropy=stats, argmax=stats,
-    )
-    row_loss = cross_entropy_rows(res.lse, res.dot, target.mass, target.valid, z_loss)
-    loss = reduce_rows(row_loss, reduction, target.mean_denominator(), all_ignored=all_ignored)
-    out_dtype = acc if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-    gx = res.grad_x if res.grad_x is not None else _empty(x)
-    gw = res.grad_weight.to(weight.dtype) if res.grad_weight is not None else _empty(weight)
-    gb = res.grad_bias.to(bias.dtype) if res.grad_bias is not None else _empty(x)
-    return (
-        loss.to(out_dtype),
-        res.lse,
-        res.entropy if stats else _empty(x, acc),
-        res.argmax if stats else _empty(x, torch.int64),
-        gx, gw, gb,
-    )
-
-
-@_linear_ce_op.register_fake
-def _(x, weight, bias, index, probs, class_weight, ignore_index, label_smoothing, reduction,
-      z_loss, softcap, logit_scale, all_ignored, rows, cols, backend, stats, need_x, need_w, need_b,
-      margin="", margin_args=None):
-    acc = accumulation_dtype(x.dtype)
-    n = x.shape[0]
-    out_dtype = acc if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-    loss = x.new_empty((n,) if reduction == "none" else (), dtype=out_dtype)
-    scalar_grads = reduction != "none"
-    return (
-        loss,
-        x.new_empty((n,), dtype=acc),
-        x.new_empty((n,) if stats else _EMPTY, dtype=acc),
-        x.new_empty((n,) if stats else _EMPTY, dtype=torch.int64),
-        torch.empty_like(x) if scalar_grads and need_x else _empty(x),
-        torch.empty_like(weight) if scalar_grads and need_w else _empty(weight),
-        torch.empty_like(bias) if scalar_grads and need_b and bias is not None else _empty(x),
-    )
-
-
-@torch.library.custom_op("crossent::linear_cross_entropy_backward", mutates_args=())
-def _linear_ce_backward_op(
-    grad_loss: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-    index: Optional[torch.Tensor], probs: Optional[torch.Tensor], class_weight: Optional[torch.Tensor],
-    lse: torch.Tensor, ignore_index: int, label_smoothing: float, z_loss: float,
-    softcap: Optional[float], logit_scale: float, rows: int, cols: int, backend: str,
-    need_x: bool, need_w: bool, need_b: bool,
-    margin: str = "", margin_args: Optional[Sequence[float]] = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Exact per-row gradients of ``reduction='none'``: tiles recomputed against ``lse``."""
-    num_classes = margin_scores.num_classes(margin, margin_args, weight)
-    target = _target(x, index, probs, class_weight, ignore_index, label_smoothing, num_classes)
-    row_scale = grad_loss.to(lse.dtype) * target.valid
-    res = get_backend(backend).run(
-        _problem(x, weight, bias, target, z_loss, softcap, logit_scale, margin, margin_args),
-        TilePlan(rows, cols),
-        row_scale=row_scale, lse=lse, need_x=need_x, need_w=need_w, need_b=need_b,
-    )
-    gx = res.grad_x if res.grad_x is not None else _empty(x)
-    gw = res.grad_weight.to(weight.dtype) if res.grad_weight is not None else _empty(weight)
-    gb = res.grad_bias.to(bias.dtype) if res.grad_bias is not None else _empty(x)
-    return gx, gw, gb
-
-
-@_linear_ce_backward_op.register_fake
-def _(grad_loss, x, weight, bias, index, probs, class_weight, lse, ignore_index, label_smoothing,
-      z_loss, softcap, logit_scale, rows, cols, backend, need_x, need_w, need_b, margin="",
-      margin_args=None):
-    return (
-        torch.empty_like(x) if need_x else _empty(x),
-        torch.empty_like(weight) if need_w else _empty(weight),
-        torch.empty_like(bias) if need_b and bias is not None else _empty(x),
-    )
-
-
-_ARGS = ("x", "weight", "bias", "index", "probs", "class_weight", "ignore_index",
-         "label_smoothing", "reduction", "z_loss", "softcap", "logit_scale", "all_ignored",
-         "rows", "cols", "backend", "stats", "need_x", "need_w", "need_b", "margin", "margin_args")
-
-
-def _setup_context(ctx, inputs, output):
-    a = {"margin": "", "margin_args": None, **dict(zip(_ARGS, inputs))}
-    ctx.args = {k: a[k] for k in ("ignore_index", "label_smoothing", "z_loss", "softcap",
-                                  "logit_scale", "rows", "cols", "backend", "margin",
-                                  "margin_args")}
-    ctx.reduction = a["reduction"]
-    ctx.need = (a["need_x"], a["need_w"], a["need_b"] and a["bias"] is not None)
-    _, lse, ent, best, gx, gw, gb = output
-    # Only the loss is differentiable. Without this, autograd would materialise zero
-    # gradients for the other outputs, among them a dW-sized and a dX-sized buffer.
-    ctx.mark_non_differentiable(lse, ent, best, gx, gw, gb)
-    ctx.set_materialize_grads(False)
-    if ctx.reduction == "none":
-        ctx.save_for_backward(a["x"], a["weight"], a["bias"], a["index"], a["probs"],
-                              a["class_weight"], lse)
-        ctx.grads = None
-    else:
-        ctx.grads = [gx, gw, gb]
-
-
-def _backward(ctx, grad_loss, _lse, _ent, _arg, _gx, _gw, _gb):
-    need_x, need_w, need_b = ctx.need
-    if grad_loss is None:  # an undefined upstream gradient (set_materialize_grads(False))
-        return (None,) * 22
-    if ctx.reduction == "none":
-        x, weight, bias, index, probs, class_weight, lse = ctx.saved_tensors
-        gx, gw, gb = _linear_ce_backward_op(
-            grad_loss, x, weight, bias, index, probs, class_weight, lse, need_x=need_x,
-            need_w=need_w, need_b=need_b, **ctx.args,
-        )
-    else:
-        if ctx.grads is None:
-            raise RuntimeError(
-                "crossent.linear_cross_entropy: backward through a 'mean'/'sum' loss twice "
-                "(retain_graph=True) is not supported: its gradients are formed in the "
-                "forward pass and consumed by the first backward"
-            )
-        gx, gw, gb = ctx.grads
-        if torch.compiler.is_compiling():
-            gx, gw, gb = gx * grad_loss, gw * grad_loss, gb * grad_loss
-        else:
-            # Scale in place and hand the buffers over (no gradient-sized copy).
-            ctx.grads = None
-            # detach(): a fresh TensorImpl over the same storage, which AccumulateGrad
-            # can adopt as .grad instead of cloning a buffer the op's outputs still hold.
-            gx, gw, gb = gx.mul_(grad_loss).detach(), gw.mul_(grad_loss).detach(), gb.mul_(grad_loss).detach()
-    return (gx if need_x else None, gw if need_w else None, gb if need_b else None) + (None,) * 19
-
-
-_linear_ce_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 # ----------------------------------------------------------------- validation + API
@@ -307,6 +126,7 @@ class LinearArgs(NamedTuple):
     need_x: bool
     need_w: bool
     need_b: bool
+    need_t: bool = False  # a probability target that requires grad
 
 
 def _linear_args(input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
@@ -328,6 +148,7 @@ def _linear_args(input, linear_weight, target, linear_bias, weight, reduction, i
         reduction, label_smoothing, z_loss, softcap, logit_scale, backend,
         grad_on and input.requires_grad, grad_on and linear_weight.requires_grad,
         grad_on and linear_bias is not None and linear_bias.requires_grad,
+        grad_on and probs is not None and probs.requires_grad,
     )
 
 
@@ -426,8 +247,11 @@ def linear_cross_entropy(
         ``(V,)``; the output a scalar, or ``(N,)``/``()`` for ``'none'``.
     Returns:
         The loss, in float32 for half inputs (with ``return_stats=True`` the pair
-        ``(loss, CrossEntropyStats)``). Gradients flow to input, linear_weight and
-        linear_bias (not to probability targets), in their dtypes.
+        ``(loss, CrossEntropyStats)``). Gradients flow to input, linear_weight,
+        linear_bias and a probability target that requires grad (``d loss_i / d q_ic =
+        (1 - eps) w_c (lse_i - z_ic)`` times the reduction's scale, formed in the backward
+        from recomputed tiles), in their dtypes. Double backward (``create_graph=True``)
+        is not supported and raises.
     Example:
         >>> import torch, crossent as ce
         >>> import torch.nn.functional as F
@@ -466,10 +290,11 @@ def linear_cross_entropy(
             all_ignored=all_ignored, group=group)
     else:
         a, plan = validate()
-        loss, lse, ent, best, _, _, _ = _linear_ce_op(
+        loss, lse, ent, best, _, _, _ = linear_ce_op(
             a.x, linear_weight, linear_bias, a.index, a.probs, weight, a.ignore_index,
             a.label_smoothing, a.reduction, a.z_loss, a.softcap, a.logit_scale, all_ignored,
             plan.rows, plan.cols, a.backend, bool(return_stats), a.need_x, a.need_w, a.need_b,
+            a.need_t,
         )
     if a.reduction == "none" and input.dim() == 1:
         loss = loss.reshape(())

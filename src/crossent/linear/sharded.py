@@ -12,21 +12,21 @@ the weight and bias get their slice of the global gradient and ``x`` (entering t
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 
 from ..core import collectives as D
-from ..core.reduction import accumulation_dtype, mean_scale, reduce_rows
-from ..core.sharded import Shards, agree, agreement_fields, merge_shards, shard_index_target
+from ..core.reduction import accumulation_dtype
+from ..core.sharded import Merged, Shards, agree, agreement_fields, merge_shards, shard_index_target
 from ..core.statistics import ScoreTransform
-from ..core.stats import cross_entropy_rows
 from ..core.targets import ClassIndexTarget, ClassProbTarget
 from ..core.tiles import TilePlan, row_chunks
 from ..kernels import margin_scores
-from ..kernels.dispatch import get_backend
-from ..kernels.torch_chunked import LinearProblem
+from ..kernels.torch_chunked import LinearProblem, LinearResult
+from . import engine
 
-__all__ = ["parallel_linear_cross_entropy"]
+__all__ = ["parallel_linear_cross_entropy", "sharded_linear_cross_entropy"]
 
 
 def _linear_scores_at(p: LinearProblem, index: torch.Tensor) -> torch.Tensor:
@@ -64,81 +64,75 @@ class _LinearSpec:
     weight_norms: torch.Tensor | None = None  # the margin head's class norms, if checked already
 
 
+def _merge(spec: _LinearSpec, p: LinearProblem, local: LinearResult) -> Merged:
+    """The engine's merge hook: this shard's statistics merged across ranks (one
+    all-gather), with the 'mean' denominator (the row count for probability targets)."""
+    extra = {}
+    if spec.return_stats:
+        extra = dict(entropy=local.entropy, argmax=local.argmax,
+                     best_score=_linear_scores_at(p, local.argmax))
+    target = p.target
+    denominator = None if isinstance(target, ClassProbTarget) else target.mean_denominator()
+    m = merge_shards(spec.group, spec.shards, lse=local.lse, dot=local.dot, mass=target.mass,
+                     denominator=denominator, **extra)
+    if denominator is None:
+        m.denominator = torch.tensor(float(p.x.shape[0]), dtype=m.lse.dtype, device=p.x.device)
+    return m
+
+
 class _ParallelLinearCE(torch.autograd.Function):
+    """The engine (:mod:`crossent.linear.engine`) over a class shard: its forward with the
+    cross-rank merge hook, its backward with the tiles recomputed here against the global
+    ``lse``. ``probs``: the shard's probability target (None for class indices), an input
+    only so that it can receive its gradient."""
+
     @staticmethod
-    def forward(ctx, x, weight, bias, spec: _LinearSpec):
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        need_b = need_b and bias is not None
-        backend = get_backend(spec.backend)
-        plan = TilePlan(spec.rows, spec.cols)
-        target = spec.target
+    def forward(ctx, x, weight, bias, probs, spec: _LinearSpec):
+        need_x, need_w, need_b, need_t = ctx.needs_input_grad[:4]
+        need = engine.Need(need_x, need_w, need_b and bias is not None,
+                           need_t and probs is not None)
         scores = None
         if spec.margin is not None:  # per class and per row only: shards compose (see there)
-            scores = margin_scores.MarginScores(spec.margin, x, weight, target, spec.weight_norms)
-        problem = LinearProblem(x, weight, bias, target, spec.transform, spec.z_loss, scores)
-        local = backend.run(problem, plan, entropy=spec.return_stats, argmax=spec.return_stats)
-        extra = {}
-        if spec.return_stats:
-            extra = dict(entropy=local.entropy, argmax=local.argmax,
-                         best_score=_linear_scores_at(problem, local.argmax))
-        denominator = None if isinstance(target, ClassProbTarget) else target.mean_denominator()
-        m = merge_shards(spec.group, spec.shards, lse=local.lse, dot=local.dot,
-                         mass=target.mass, denominator=denominator, **extra)
-        if denominator is None:
-            m.denominator = torch.tensor(float(x.shape[0]), dtype=m.lse.dtype, device=x.device)
-        row_loss = cross_entropy_rows(m.lse, m.dot, m.mass, target.valid, spec.z_loss)
-        loss = reduce_rows(row_loss, spec.reduction, m.denominator, all_ignored=spec.all_ignored)
-        # the whole problem's masses: the gradient is (s_i + 2 z lse_i) softmax_i - t_i
-        whole = LinearProblem(x, weight, bias, dataclasses.replace(target, mass=m.mass),
-                              spec.transform, spec.z_loss, scores)
-        ctx.spec, ctx.need = spec, (need_x, need_w, need_b)
-        ctx.dtypes = (weight.dtype, bias.dtype if bias is not None else None)
-        ctx.grads = None
-        if spec.reduction != "none":
-            if need_x or need_w or need_b:
-                scale = torch.ones((), dtype=m.lse.dtype, device=x.device)
-                if spec.reduction == "mean":
-                    scale = mean_scale(m.denominator, spec.all_ignored)
-                g = backend.run(whole, plan, row_scale=target.valid.to(m.lse.dtype) * scale,
-                                lse=m.lse, need_x=need_x, need_w=need_w, need_b=need_b)
-                ctx.grads = (g.grad_x, g.grad_weight, g.grad_bias)
-        else:
-            ctx.whole = whole
-            ctx.save_for_backward(m.lse)
-        out_dtype = m.lse.dtype if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-        entropy = m.entropy if m.entropy is not None else m.lse.new_empty(0)
-        argmax = m.argmax if m.argmax is not None else m.lse.new_empty(0, dtype=torch.int64)
-        lse = m.lse.clone()
+            scores = margin_scores.MarginScores(spec.margin, x, weight, spec.target,
+                                                spec.weight_norms)
+        problem = LinearProblem(x, weight, bias, spec.target, spec.transform, spec.z_loss, scores)
+        out = engine.forward(problem, TilePlan(spec.rows, spec.cols), spec.backend,
+                             reduction=spec.reduction, all_ignored=spec.all_ignored,
+                             stats=spec.return_stats, need=need,
+                             merge=functools.partial(_merge, spec))
+        ctx.spec = spec
+        if spec.reduction == "none" or need.t:  # the backward recomputes tiles
+            ctx.problem, ctx.denominator = out.problem, out.denominator
+            ctx.save_for_backward(out.lse)
+        context = ("crossent Partial FC" if spec.margin is not None
+                   else "crossent.linear_cross_entropy(group=...)")
+        engine.save(ctx, spec.reduction, need, out[4:7], context,
+                    engine.INSTEAD_MARGIN if spec.margin is not None else engine.INSTEAD_LINEAR)
+        entropy = out.entropy if out.entropy is not None else out.lse.new_empty(0)
+        argmax = out.argmax if out.argmax is not None else out.lse.new_empty(0, dtype=torch.int64)
+        lse = out.lse.clone()
         ctx.mark_non_differentiable(lse, entropy, argmax)
-        return loss.to(out_dtype), lse, entropy, argmax
+        return out.loss, lse, entropy, argmax
 
     @staticmethod
     def backward(ctx, grad_loss, _lse, _entropy, _argmax):
-        need_x, need_w, need_b = ctx.need
         spec = ctx.spec
-        if spec.reduction == "none":
+
+        def recompute(grad, need: engine.Need):
             (lse,) = ctx.saved_tensors
-            whole = ctx.whole
-            g = get_backend(spec.backend).run(
-                whole, TilePlan(spec.rows, spec.cols),
-                row_scale=grad_loss.to(lse.dtype) * whole.target.valid, lse=lse,
-                need_x=need_x, need_w=need_w, need_b=need_b,
-            )
-            gx, gw, gb = g.grad_x, g.grad_weight, g.grad_bias
-        else:
-            if ctx.grads is None:
-                raise RuntimeError(
-                    "crossent.linear_cross_entropy(group=...): backward through a 'mean'/'sum' "
-                    "loss twice (retain_graph=True) is not supported"
-                )
-            gx, gw, gb = ctx.grads
-            ctx.grads = None
-            gx = gx.mul_(grad_loss) if gx is not None else None
-            gw = gw.mul_(grad_loss) if gw is not None else None
-            gb = gb.mul_(grad_loss) if gb is not None else None
-        return (gx if need_x else None,
-                gw.to(ctx.dtypes[0]) if need_w else None,
-                gb.to(ctx.dtypes[1]) if need_b else None, None)
+            p = ctx.problem
+            scale = engine.row_scale(p.target.valid, spec.reduction, ctx.denominator,
+                                     spec.all_ignored, lse.dtype, grad)
+            return engine.gradients(p, TilePlan(spec.rows, spec.cols), spec.backend, lse=lse,
+                                    scale=scale, need=need)
+
+        return engine.backward(ctx, grad_loss, recompute) + (None,)
+
+
+def sharded_linear_cross_entropy(x, weight, bias, probs, spec: _LinearSpec):
+    """``(loss, lse, entropy, argmax)`` of the class-sharded problem ``spec`` (the
+    differentiable entry of this module, also Partial FC's)."""
+    return _ParallelLinearCE.apply(x, weight, bias, probs, spec)
 
 
 def parallel_linear_cross_entropy(input, linear_weight, linear_bias, weight, validate, *,
@@ -177,5 +171,5 @@ def parallel_linear_cross_entropy(input, linear_weight, linear_bias, weight, val
     x = D.replicated_input(a.x, group) if a.need_x else a.x.detach()
     w = linear_weight if a.need_w else linear_weight.detach()
     b = None if linear_bias is None else (linear_bias if a.need_b else linear_bias.detach())
-    loss, lse, ent, best = _ParallelLinearCE.apply(x, w, b, spec)
+    loss, lse, ent, best = sharded_linear_cross_entropy(x, w, b, a.probs, spec)
     return loss, lse, ent, best, a

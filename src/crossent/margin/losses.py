@@ -47,7 +47,7 @@ from ..core.tiles import plan_tiles
 from ..kernels import margin_scores
 from ..kernels.dispatch import resolve_backend
 from ..kernels.margin_spec import MarginSpec, anneal_lambda
-from ..linear.front import _linear_ce_op
+from ..linear.engine import linear_ce_op
 
 __all__ = [
     "arcface_loss",
@@ -223,10 +223,10 @@ def _fused_loss(spec: MarginSpec, embeddings, weight, target, *, reduction="mean
     need_w = grad_on and weight.requires_grad
     plan = margin_plan(spec, embeddings, num_classes, reduction, need_x, memory_budget,
                        token_chunk_size, vocab_chunk_size)
-    out = _linear_ce_op(
+    out = linear_ce_op(
         embeddings, weight, None, index, None, None, ignore_index, label_smoothing, reduction,
         0.0, None, 1.0, "nan", plan.rows, plan.cols, backend, False, need_x, need_w, False,
-        margin=spec.kind, margin_args=spec.to_args(),
+        False, margin=spec.kind, margin_args=spec.to_args(),
     )
     return out[0]
 

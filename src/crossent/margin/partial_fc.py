@@ -62,7 +62,7 @@ from ..core.targets import ClassIndexTarget
 from ..kernels import margin_scores
 from ..kernels.dispatch import resolve_backend
 from ..kernels.margin_spec import MarginSpec
-from ..linear.sharded import _LinearSpec, _ParallelLinearCE
+from ..linear.sharded import _LinearSpec, sharded_linear_cross_entropy
 from .losses import _check_inputs, margin_plan
 
 __all__ = ["shard_range", "shard_rows", "partial_fc_loss", "partial_fc_sample"]
@@ -344,5 +344,5 @@ def partial_fc_loss(spec: MarginSpec, embeddings: torch.Tensor, weight: torch.Te
                        token_chunk_size, vocab_chunk_size)
     lspec = _LinearSpec(tgt, ScoreTransform(), 0.0, reduction, "nan", plan.rows, plan.cols,
                         backend, False, group, shards, margin=spec, weight_norms=norms)
-    loss, _, _, _ = _ParallelLinearCE.apply(x, w, None, lspec)
+    loss, _, _, _ = sharded_linear_cross_entropy(x, w, None, None, lspec)
     return loss, classes
