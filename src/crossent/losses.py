@@ -1,7 +1,7 @@
 """The functional API in one place: every loss of the family, re-exported.
 
-Each function lives in the module of its kind (:mod:`crossent.multiclass`,
-:mod:`crossent.binary`, :mod:`crossent.divergence`, :mod:`crossent.variants`); this module
+Each function lives in the module of its kind (:mod:`crossent.core.multiclass`,
+:mod:`crossent.core.binary`, :mod:`crossent.core.divergence`, :mod:`crossent.core.variants`); this module
 only gathers them for ``from crossent.losses import *``-style use.
 """
 

@@ -75,7 +75,19 @@ def _back(value: np.ndarray, as_torch: bool) -> Any:
     return value
 
 
+def _positive(name: str, value: float, *, not_one: bool = False) -> float:
+    """A finite number > 0 (and != 1 for a logarithm's base), else ``ValueError`` naming
+    it (kept NumPy-only, like the rest of this module)."""
+    value = float(value)
+    if not (value > 0 and math.isfinite(value)) or (not_one and value == 1.0):
+        expected = "a positive number other than 1" if not_one else "a positive number"
+        raise ValueError(f"{name} must be {expected} (finite, > 0), got {value}")
+    return value
+
+
 def _log(x: np.ndarray, base: float | None) -> np.ndarray:
+    if base is not None:
+        base = _positive("base", base, not_one=True)
     with np.errstate(divide="ignore"):
         out = np.log(x)
     return out if base is None else out / math.log(base)
@@ -310,7 +322,7 @@ def softmax(z: Any, axis: int = -1, temperature: float = 1.0) -> Any:
         Outputs", 1990.
     """
     arr, as_torch = _as_float64(z)
-    arr = arr / temperature
+    arr = arr / _positive("temperature", temperature)
     lse = np.expand_dims(_logsumexp(arr, axis), axis)
     return _back(np.exp(arr - lse), as_torch)
 
@@ -340,7 +352,7 @@ def log_softmax(z: Any, axis: int = -1, temperature: float = 1.0) -> Any:
         See the module docstring.
     """
     arr, as_torch = _as_float64(z)
-    arr = arr / temperature
+    arr = arr / _positive("temperature", temperature)
     return _back(arr - np.expand_dims(_logsumexp(arr, axis), axis), as_torch)
 
 

@@ -1,5 +1,5 @@
 """Margin heads against the papers' formulas (float64, written here with acos/cos, independent
-of crossent._margins), against pytorch-metric-learning, at theta = 0 and pi, and on bad input."""
+of crossent.kernels.margin_spec), against pytorch-metric-learning, at theta = 0 and pi, and on bad input."""
 
 from __future__ import annotations
 

@@ -23,7 +23,10 @@ Common keyword arguments: ``memory_budget`` (bytes of score tiles, default 48 Mi
 :data:`crossent.core.tiles.BUDGETS`; at least 3 KiB), ``tile_rows`` /
 ``tile_cols`` (explicit tile shape), ``backend`` (``'auto'``: Triton on CUDA when
 installed, else plain PyTorch). Half-precision features accumulate in float32 and the
-loss is returned in float32.
+loss is returned in float32. Scales, temperatures and biases must be finite (scales and
+temperatures > 0), numbers and one-element tensors alike. ``torch.func`` transforms are not
+supported: they raise ``crossent.core.checks.UnsupportedTransformError`` (a
+:class:`crossent.ArgumentError` and a ``NotImplementedError``).
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ def _run(context: str, opts: Options, build) -> Result:
     ``hyper`` the hyperparameters by name), then its complete statistics: on one device,
     or across the ranks of ``opts.group`` (where a local argument error is raised on every
     rank and the ranks must agree on ``hyper``, see :mod:`crossent.contrastive.sharded`)."""
+    _checks.check_no_transform(context)
     if D.spans_ranks(opts.group):
         return sharded.run(context, opts, build)
     prob, scale, bias, _ = build()
@@ -117,7 +121,10 @@ def _check_options(opts: Options) -> None:
 
 def _as_scalar(name: str, value, like: torch.Tensor, *, allow_none: bool = False,
                positive: bool = False) -> torch.Tensor | None:
-    """A 0-d tensor (the caller's, reshaped, so gradients reach it) or a number made one."""
+    """A 0-d tensor (the caller's, reshaped, so gradients reach it) or a number made one.
+
+    Its value must be finite, and ``> 0`` with ``positive``, a tensor's as a number's (a
+    tensor on an accelerator through a device-side assertion: no host synchronisation)."""
     if value is None:
         if allow_none:
             return None
@@ -128,13 +135,16 @@ def _as_scalar(name: str, value, like: torch.Tensor, *, allow_none: bool = False
             raise _checks.ArgumentError(f"{name} must hold one element, got shape {list(value.shape)}")
         if value.device != like.device:
             raise _checks.ArgumentError(f"{name} is on {value.device}, expected {like.device} like the features")
+        _checks.check_scalar_tensor(name, value, positive=positive)
         return value.reshape(())
-    number = _checks.check_positive(name, value) if positive else _checks.check_number(name, value)
+    number = _checks.check_positive(name, value) if positive else _checks.check_finite(name, value)
     return torch.tensor(number, dtype=accumulation_dtype(like.dtype), device=like.device)
 
 
 def _temperature(temperature, like: torch.Tensor) -> torch.Tensor:
     """``temperature`` as a 0-d tensor (a number must be positive); the scale is ``1 / t``."""
+    if not isinstance(temperature, torch.Tensor) and temperature is not None:
+        _checks.check_temperature("temperature", temperature, accumulation_dtype(like.dtype))
     return _as_scalar("temperature", temperature, like, positive=True)
 
 
@@ -156,7 +166,7 @@ def _image_text(aggregate: str, image_features, text_features, logit_scale, logi
     def build():
         _check_pair("image_features", image_features, "text_features", text_features,
                     same_rows=True, opts=opts)
-        scale = _as_scalar("logit_scale", logit_scale, image_features)
+        scale = _as_scalar("logit_scale", logit_scale, image_features, positive=True)
         bias = _as_scalar("logit_bias", logit_bias, image_features, allow_none=True)
         positive = torch.arange(image_features.shape[0], device=image_features.device)
         prob = Problem(aggregate, image_features, text_features, positive=positive,
@@ -183,9 +193,10 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
     Args:
         image_features, text_features: used as given (normalise them first for CLIP's
             cosine similarities); pair ``i`` is the positive.
-        logit_scale: the multiplier, already exponentiated (a number or a one-element
-            tensor, which receives a gradient).
-        logit_bias: optional additive bias (cancels in a softmax; accepted as open_clip does).
+        logit_scale: the multiplier, already exponentiated (a finite number > 0 or a
+            one-element tensor holding one, which receives a gradient).
+        logit_bias: optional additive bias, finite (cancels in a softmax; accepted as
+            open_clip does).
         group: a ``torch.distributed`` process group; every rank passes its local batch
             and gets the loss of the global batch (``None``: one process).
         design: across ranks, ``'gather'`` or ``'ring'`` (see
@@ -242,7 +253,9 @@ def info_nce(query: torch.Tensor, positive_key: torch.Tensor, negative_keys: tor
         query: the queries ``q``.
         positive_key: ``positive_key[i]`` is query ``i``'s positive.
         negative_keys: optional extra negatives, shared by all queries.
-        temperature: a positive number or a one-element tensor (learnable).
+        temperature: a finite number > 0 or a one-element tensor holding one (learnable;
+            its value is checked like a number's, on an accelerator by a device-side
+            assertion).
         normalize: L2-normalise queries and keys first.
         group: a ``torch.distributed`` process group; every rank passes its local batch
             and gets the loss of the global batch (``None``: one process).
@@ -431,7 +444,7 @@ def supcon_loss(features: torch.Tensor, labels: torch.Tensor | None = None, *, t
             raise _checks.ArgumentError(f"labels is on {lab.device}, expected {features.device}")
         _check_pair("features", anchors, "features", anchors, same_rows=True, opts=opts)
         t = _temperature(temperature, features)
-        _checks.check_positive("base_temperature", base_temperature)
+        _checks.check_positive("base_temperature", base_temperature, allow_none=False)
         anchors = _normalize(anchors)
         prob = Problem("softmax", anchors, anchors, labels=lab.long().repeat(num_views), self_offset=0)
         return prob, 1.0 / t, None, {"temperature": t, "base_temperature": base_temperature}
@@ -459,10 +472,10 @@ def siglip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit
 
     Args:
         image_features, text_features: used as given; pair ``i`` is the positive.
-        logit_scale: the multiplier, already exponentiated (a number or a one-element
-            tensor, which receives a gradient).
-        logit_bias: the additive bias (a number or a one-element tensor, which receives a
-            gradient); ``None``: 0.
+        logit_scale: the multiplier, already exponentiated (a finite number > 0 or a
+            one-element tensor holding one, which receives a gradient).
+        logit_bias: the additive bias (a finite number or a one-element tensor, which
+            receives a gradient); ``None``: 0.
         group: a ``torch.distributed`` process group; every rank passes its local batch
             and gets the loss of the global batch (``None``: one process).
         design: across ranks, ``'gather'`` or ``'ring'`` (see

@@ -27,20 +27,25 @@ def _reduction_of(size_average, reduce, reduction: str) -> str:
     return _checks.check_reduction(reduction)
 
 
+def _bce(p, y, w):
+    """``-w (y max(log p, -100) + (1 - y) max(log(1 - p), -100))`` in the accumulation dtype."""
+    acc = accumulation_dtype(p.dtype)
+    pa, ya = p.to(acc), y.to(acc)
+    log_p = torch.log(pa).clamp_min(_LOG_FLOOR)
+    log_q = torch.log1p(-pa).clamp_min(_LOG_FLOOR)
+    loss = -(ya * log_p + (1.0 - ya) * log_q)
+    if w is not None:
+        loss = loss * w.to(acc)
+    return loss
+
+
 class _BinaryCrossEntropyFunction(torch.autograd.Function):
     """Elementwise ``-w (y log p + (1 - y) log(1 - p))`` with PyTorch's clamps."""
 
     @staticmethod
     def forward(ctx, p, y, w):
-        acc = accumulation_dtype(p.dtype)
-        pa, ya = p.to(acc), y.to(acc)
-        log_p = torch.log(pa).clamp_min(_LOG_FLOOR)
-        log_q = torch.log1p(-pa).clamp_min(_LOG_FLOOR)
-        loss = -(ya * log_p + (1.0 - ya) * log_q)
-        if w is not None:
-            loss = loss * w.to(acc)
         ctx.save_for_backward(p, y, w)
-        return loss
+        return _bce(p, y, w)
 
     @staticmethod
     def backward(ctx, grad):
@@ -54,6 +59,57 @@ class _BinaryCrossEntropyFunction(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_y = (-scale * (torch.log(pa) - torch.log1p(-pa))).to(y.dtype)
         return grad_p, grad_y, None
+
+
+class _BinaryCrossEntropyTransformFunction(torch.autograd.Function):
+    """:class:`_BinaryCrossEntropyFunction` for ``torch.func`` transforms and forward-mode
+    AD: ``setup_context``, a generated vmap rule and ``jvp`` (the same derivatives). Used
+    only under them: Dynamo cannot trace an autograd function with a custom ``jvp``, so
+    eager and compiled code keep the plain one."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(p, y, w):
+        return _bce(p, y, w)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+        ctx.save_for_forward(*inputs)
+
+    @staticmethod
+    def _slopes(p, y, w, acc, need_p: bool, need_y: bool):
+        """``dloss/dp`` (PyTorch's clamped form) and ``dloss/dy``, weighted (None where
+        not needed)."""
+        pa = p.to(acc)
+        d_p = d_y = None
+        if need_p:
+            d_p = (pa - y.to(acc)) / (pa * (1.0 - pa)).clamp_min(_GRAD_EPS)
+        if need_y:
+            d_y = -(torch.log(pa) - torch.log1p(-pa))
+        if w is not None:
+            d_p = None if d_p is None else d_p * w.to(acc)
+            d_y = None if d_y is None else d_y * w.to(acc)
+        return d_p, d_y
+
+    @staticmethod
+    def backward(ctx, grad):
+        p, y, w = ctx.saved_tensors
+        need_p, need_y = ctx.needs_input_grad[:2]
+        d_p, d_y = _BinaryCrossEntropyTransformFunction._slopes(p, y, w, grad.dtype, need_p,
+                                                                need_y)
+        return ((grad * d_p).to(p.dtype) if need_p else None,
+                (grad * d_y).to(y.dtype) if need_y else None, None)
+
+    @staticmethod
+    def jvp(ctx, tangent_p, tangent_y, _tangent_w):
+        p, y, w = ctx.saved_tensors
+        acc = accumulation_dtype(p.dtype)
+        d_p, d_y = _BinaryCrossEntropyTransformFunction._slopes(
+            p, y, w, acc, tangent_p is not None, tangent_y is not None)
+        terms = [d * t.to(acc) for d, t in ((d_p, tangent_p), (d_y, tangent_y)) if t is not None]
+        return sum(terms[1:], terms[0])
 
 
 def binary_cross_entropy(
@@ -100,6 +156,10 @@ def binary_cross_entropy(
     reduction = _reduction_of(size_average, reduce, reduction)
     _checks.check_floating("input", input)
     _checks.check_floating("target", target)
+    if target.dtype != input.dtype:  # F.binary_cross_entropy raises too
+        raise _checks.ArgumentTypeError(
+            f"target must have the input's dtype {input.dtype}, got {target.dtype} (Found dtype "
+            f"{target.dtype} but expected {input.dtype})")
     if target.shape != input.shape:
         raise _checks.ArgumentError(
             f"Using a target size ({target.shape}) that is different to the input size "
@@ -109,7 +169,10 @@ def binary_cross_entropy(
     _checks.check_in_unit_interval_values("input", input.detach())
     _checks.check_in_unit_interval_values("target", target.detach())
     w = weight.expand(input.shape) if weight is not None else None
-    loss = _BinaryCrossEntropyFunction.apply(input, target, w)
+    if _checks.functorch_active():
+        loss = _BinaryCrossEntropyTransformFunction.apply(input, target, w)
+    else:
+        loss = _BinaryCrossEntropyFunction.apply(input, target, w)
     return reduce_rows(loss, reduction)
 
 
@@ -169,7 +232,8 @@ def binary_cross_entropy_with_logits(
     _checks.check_same_size(input, target)
     _checks.check_broadcastable("weight", weight, input.shape)
     _checks.check_broadcastable("pos_weight", pos_weight, input.shape)
-    acc = accumulation_dtype(input.dtype)
+    # a wider target promotes the loss, as PyTorch (float32 input, float64 target: float64)
+    acc = accumulation_dtype(torch.promote_types(input.dtype, target.dtype))
     x, y = input.to(acc), target.to(acc)
     softplus_neg = _log_sigmoid_parts(x)
     if pos_weight is not None:
@@ -223,7 +287,8 @@ def sigmoid_focal_loss(
         Lin et al., "Focal Loss for Dense Object Detection", 2017.
     """
     reduction = _checks.check_reduction(reduction)
-    _checks.check_non_negative("gamma", gamma)
+    gamma = _checks.check_non_negative("gamma", gamma)
+    alpha = _checks.check_finite("alpha", alpha)
     ce = binary_cross_entropy_with_logits(input, target, reduction="none")
     acc = ce.dtype
     p = torch.sigmoid(input.to(acc))

@@ -15,6 +15,8 @@ computation, so the hot path never waits for the host and the graph does not bre
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 REDUCTIONS = ("none", "mean", "sum")
@@ -106,9 +108,20 @@ def check_floating(name: str, tensor: torch.Tensor) -> None:
 
 
 def check_number(name: str, value) -> float:
-    """``value`` is a real number (a Python or NumPy scalar, not a string or a bool)."""
+    """``value`` is a real number (a Python or NumPy scalar, not a string or a bool).
+
+    A one-element tensor is read as its value, unless it requires grad (or is a
+    ``torch.func`` transform's tensor): its gradient would be lost silently, so that is an
+    :class:`ArgumentTypeError`."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
         raise ArgumentTypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    if isinstance(value, torch.Tensor) and (
+            value.requires_grad or torch._C._functorch.is_functorch_wrapped_tensor(value)):
+        raise ArgumentTypeError(
+            f"{name} must be a number, got a tensor that requires grad (or is transformed by "
+            f"torch.func): its gradient would be lost (pass a float, or scale the inputs by "
+            f"the tensor yourself)"
+        )
     return float(value)
 
 
@@ -119,7 +132,21 @@ def check_int(name: str, value) -> int:
     return int(value)
 
 
+# One validator per kind of float hyperparameter. Each rejects NaN and +-inf (every
+# comparison with NaN is False, so the range tests are written to fail on it) and raises
+# ArgumentError naming the argument, the expected range and the received value.
+
+
+def check_finite(name: str, value) -> float:
+    """Any finite real number."""
+    value = check_number(name, value)
+    if not math.isfinite(value):
+        raise ArgumentError(f"{name} must be a finite number, got {value}")
+    return value
+
+
 def check_unit_interval(name: str, value: float) -> float:
+    """A number in ``[0, 1]``."""
     value = check_number(name, value)
     if not 0.0 <= value <= 1.0:
         raise ArgumentError(f"{name} must be between 0.0 and 1.0. Got: {value}")
@@ -127,19 +154,68 @@ def check_unit_interval(name: str, value: float) -> float:
 
 
 def check_positive(name: str, value: float | None, allow_none: bool = True) -> float | None:
+    """A finite number ``> 0`` (or None when ``allow_none``)."""
     if value is None and allow_none:
         return None
     value = check_number(name, value)
-    if not value > 0.0:
-        raise ArgumentError(f"{name} must be a positive number, got {value}")
+    if not (value > 0.0 and math.isfinite(value)):
+        raise ArgumentError(f"{name} must be a positive number (finite, > 0), got {value}")
     return value
 
 
 def check_non_negative(name: str, value: float) -> float:
+    """A finite number ``>= 0``."""
     value = check_number(name, value)
-    if not value >= 0.0:
-        raise ArgumentError(f"{name} must be >= 0, got {value}")
+    if not (value >= 0.0 and math.isfinite(value)):
+        raise ArgumentError(f"{name} must be >= 0 (and finite), got {value}")
     return value
+
+
+def check_temperature(name: str, value, dtype: torch.dtype = torch.float64) -> float:
+    """A temperature ``T`` the scores are divided by: a finite number ``> 0`` whose inverse
+    is finite in ``dtype`` (the scale ``1/T`` the losses multiply by)."""
+    value = check_positive(name, value, allow_none=False)
+    if not 1.0 / value <= torch.finfo(dtype).max:
+        raise ArgumentError(
+            f"{name} must be a positive number whose inverse is finite in {dtype} (> "
+            f"{1.0 / torch.finfo(dtype).max:.3g}), got {value}"
+        )
+    return value
+
+
+def check_softcap(name: str, value: float | None) -> float | None:
+    """A soft cap ``cap * tanh(z / cap)``: a finite number ``> 0``; None or ``+inf`` mean
+    no cap (returned as None: as the cap grows, ``cap * tanh(z / cap)`` tends to ``z``)."""
+    if value is None:
+        return None
+    value = check_number(name, value)
+    if value == math.inf:
+        return None
+    if not (value > 0.0 and math.isfinite(value)):
+        raise ArgumentError(
+            f"{name} must be a positive number (finite, > 0; None or inf for no cap), got {value}")
+    return value
+
+
+def check_scalar_tensor(name: str, tensor: torch.Tensor, *, positive: bool = False) -> None:
+    """The value of a one-element tensor hyperparameter (a learnable scale or temperature)
+    is finite, and ``> 0`` with ``positive``: the checks of :func:`check_finite` and
+    :func:`check_positive` for a number.
+
+    Eager on the CPU (``ArgumentError`` with the value); elsewhere (and under
+    ``torch.compile``) a device-side assertion, so the host never waits for the device.
+    """
+    value = plain_tensor(tensor).detach()
+    ok = torch.isfinite(value)
+    if positive:
+        ok = ok & (value > 0)
+    expected = "a positive number (finite, > 0)" if positive else "a finite number"
+    if value.device.type == "cpu" and not torch.compiler.is_compiling():
+        if not bool(ok.all()):
+            got = value.reshape(-1)[0].item() if value.numel() == 1 else value.tolist()
+            raise ArgumentError(f"{name} must be {expected}, got a tensor holding {got}")
+    else:
+        torch._assert_async(ok.all(), f"crossent: {name} must be {expected}")
 
 
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
@@ -213,8 +289,11 @@ def check_index_bounds(target: torch.Tensor, num_classes: int, ignore_index: int
     """Every class index is in ``[0, num_classes)`` or equals ``ignore_index``.
 
     Eager on the CPU (``IndexError`` naming the first offending value); a device-side
-    assertion elsewhere, so no host synchronisation.
+    assertion elsewhere, so no host synchronisation. Under ``torch.func`` transforms the
+    check reads the tensor under the transform's wrappers (every value of a ``vmap``ped
+    batch), so it needs no data-dependent branch on a transformed tensor.
     """
+    target = plain_tensor(target)
     if target.numel() == 0:
         return
     t = target.long() if target.dtype != torch.int64 else target
@@ -232,6 +311,7 @@ def check_index_bounds(target: torch.Tensor, num_classes: int, ignore_index: int
 
 def check_in_unit_interval_values(name: str, tensor: torch.Tensor) -> None:
     """Every element of ``tensor`` is in [0, 1] (eager on CPU, device assertion elsewhere)."""
+    tensor = plain_tensor(tensor)
     if tensor.numel() == 0:
         return
     bad = (tensor < 0) | (tensor > 1) | torch.isnan(tensor)
@@ -295,3 +375,44 @@ def check_same_features(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tens
             f"{name_a} and {name_b} must have the same dtype, got {a.dtype} and {b.dtype}")
     if a.device != b.device:
         raise ArgumentError(f"{name_b} is on {b.device}, expected {a.device} like {name_a}")
+# ------------------------------------------------------------------ torch.func transforms
+
+
+class UnsupportedTransformError(ArgumentError, NotImplementedError):
+    """A function called under a ``torch.func`` transform it does not support."""
+
+
+def functorch_active() -> bool:
+    """Whether a ``torch.func`` transform (``grad``, ``vmap``, ``jacrev``, ``jvp``, ...) is
+    active, or forward-mode AD (``torch.autograd.forward_ad.dual_level``). False while
+    ``torch.compile`` traces (the check is then constant-folded away)."""
+    if torch.compiler.is_compiling():
+        return False
+    from torch.autograd import forward_ad
+
+    return torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0
+
+
+def plain_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` under any ``torch.func`` wrappers (``vmap``'s batch, ``grad``'s tracking):
+    what value checks read, so that they run on every value without a data-dependent
+    branch on a transformed tensor. Only for reading values: never returned to the caller."""
+    if torch.compiler.is_compiling():
+        return tensor
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(tensor):
+        tensor = functorch.get_unwrapped(tensor)
+    return tensor
+
+
+def check_no_transform(context: str, instead: str = "compute the logits and call "
+                       "crossent.cross_entropy on them") -> None:
+    """Raise :class:`UnsupportedTransformError` under a ``torch.func`` transform or
+    forward-mode AD: for the fused and contrastive losses, whose tiled engines are
+    autograd functions and custom ops with hand-written backwards only."""
+    if functorch_active():
+        raise UnsupportedTransformError(
+            f"{context} does not support torch.func transforms (grad, vmap, jacrev, jacfwd, "
+            f"jvp, hessian) or forward-mode AD: its tiled engine has a hand-written backward "
+            f"only. Use loss.backward() / torch.autograd.grad, or {instead}, which supports them"
+        )

@@ -14,7 +14,7 @@ distributed contrastive losses, Partial-FC margin heads) share this small layer:
 - :func:`all_gather`, :func:`all_reduce`, :func:`replicated_input`, :func:`scale_grad`:
   autograd-aware collectives under two conventions (below).
 - :func:`merge_row_stats`: per-row softmax statistics of class shards combined across
-  ranks exactly as :func:`crossent._stats.merge` combines tiles, from one all-gather of
+  ranks exactly as :func:`crossent.core.stats.merge` combines tiles, from one all-gather of
   ``(N,)`` vectors, with the same bits on every rank; :func:`with_merge_gradient` is its
   chain rule (``d lse / d lse_r = exp(lse_r - lse)``), under either convention below.
 - :func:`spans_ranks` (does a ``group=`` take the across-ranks path: a one-rank group

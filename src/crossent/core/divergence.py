@@ -173,6 +173,7 @@ def distillation_loss(
         soft_i = T^2 * KL(q_i || p_i)                  (T^2 keeps gradient scale)
         loss   = alpha * soft + (1 - alpha) * cross_entropy(student, target)
 
+    ``temperature``: a finite number > 0; ``alpha`` in ``[0, 1]``.
     Without ``target`` the loss is ``soft`` alone. Shapes: logits ``(N, C)``; target
     ``(N,)`` class indices. 'batchmean' averages over rows (the hard term uses
     cross-entropy's 'mean'), 'sum' sums, 'none' returns per-row losses.
@@ -210,16 +211,20 @@ def distillation_loss(
         Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network", 2015.
     """
     _checks.check_reduction(reduction, ("none", "sum", "batchmean"))
-    temperature = _checks.check_positive("temperature", temperature, allow_none=False)
-    alpha = _checks.check_unit_interval("alpha", alpha)
     _checks.check_floating("student_logits", student_logits)
     _checks.check_floating("teacher_logits", teacher_logits)
+    acc = accumulation_dtype(student_logits.dtype)
+    temperature = _checks.check_temperature("temperature", temperature, acc)
+    if temperature > math.sqrt(torch.finfo(acc).max):  # the soft term is scaled by T^2
+        raise _checks.ArgumentError(
+            f"temperature must be at most {math.sqrt(torch.finfo(acc).max):.3g} (its square "
+            f"scales the soft term and must be finite in {acc}), got {temperature}")
+    alpha = _checks.check_unit_interval("alpha", alpha)
     if teacher_logits.shape != student_logits.shape or student_logits.dim() != 2:
         raise _checks.ArgumentError(
             f"student_logits and teacher_logits must both be (N, C); got "
             f"{list(student_logits.shape)} and {list(teacher_logits.shape)}"
         )
-    acc = accumulation_dtype(student_logits.dtype)
     log_q = torch.log_softmax(teacher_logits.detach().to(acc) / temperature, dim=1)
     q = log_q.exp()
     teacher_entropy = -(q * log_q).sum(1)

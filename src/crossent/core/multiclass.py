@@ -102,6 +102,11 @@ def log_softmax(input: torch.Tensor, dim: int | None = None, _stacklevel: int = 
     return F.log_softmax(input, dim=dim, _stacklevel=_stacklevel + 1, dtype=dtype)
 
 
+def loss_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of a loss on ``dtype`` inputs: float32 for half inputs, else ``dtype``."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def _legacy_reduction(size_average, reduce, reduction: str) -> str:
     if size_average is not None or reduce is not None:
         return _legacy.legacy_get_string(size_average, reduce)
@@ -289,10 +294,12 @@ def cross_entropy(
         label_smoothing: ``eps`` in ``[0, 1]``.
         z_loss: coefficient of the PaLM auxiliary loss ``log^2 Z`` (Chowdhery et al. 2022,
             sec. 5), which keeps the softmax normaliser near 1; applied to non-ignored rows
-            and reduced like the main term. (Beyond PyTorch, as are the ones below.)
-        softcap: Gemma 2 logit soft-capping ``cap * tanh(z / cap)`` (Gemma Team 2024);
-            ``None``: no cap.
-        logit_scale: multiplies the logits first (``1/T`` for a temperature ``T``).
+            and reduced like the main term.
+        softcap: Gemma 2 logit soft-capping ``cap * tanh(z / cap)`` (Gemma Team 2024), a
+            finite number > 0; ``None`` or ``math.inf`` mean no cap (as the cap grows,
+            ``cap * tanh(z / cap)`` tends to ``z``).
+        logit_scale: multiplies the logits first (``1/T`` for a temperature ``T``), a
+            finite number > 0.
         return_stats: also return :class:`CrossEntropyStats` from the same pass.
         all_ignored: ``'nan'`` (PyTorch's 0/0 when every target is ignored) or ``'zero'``.
         group: a ``torch.distributed`` process group over which the *classes* are sharded
@@ -307,8 +314,15 @@ def cross_entropy(
         ``(N, d1, ..., dK)`` class indices or probabilities of input's shape; the output is
         a scalar, or the per-row shape (``target``'s, for indices) for ``'none'``.
     Returns:
-        The loss, in float32 for float16/bfloat16 input (input dtype otherwise); with
-        ``return_stats=True`` the pair ``(loss, CrossEntropyStats)``.
+        The loss, in float32 for float16/bfloat16 input (input dtype otherwise; with a
+        probability target of a wider dtype, in the promoted dtype, as PyTorch: float32
+        input, float64 target: float64); with ``return_stats=True`` the pair
+        ``(loss, CrossEntropyStats)``. NaN or infinite hyperparameters (but
+        ``softcap=math.inf``) raise :class:`crossent.ArgumentError` naming the argument.
+        Supports ``torch.func`` transforms (``grad``, ``vmap``, ``jacrev``, ``jacfwd``,
+        ``jvp``, ``hessian``) and forward-mode AD without ``group``: under them the
+        statistics are computed with plain differentiable PyTorch operations
+        (``F.cross_entropy``'s memory).
     Example:
         >>> import torch, crossent as ce
         >>> _ = torch.manual_seed(0)
@@ -335,6 +349,7 @@ def cross_entropy(
                                    all_ignored)
 
     if spans_ranks(group):  # a one-rank group is no group
+        _checks.check_no_transform("crossent.cross_entropy(group=...)")
         stats, valid, denominator, args = parallel_cross_entropy(
             input, target, weight, validate, return_stats=return_stats,
             all_ignored=all_ignored, group=group)
@@ -356,6 +371,7 @@ class CrossEntropyArgs(NamedTuple):
     num_classes: int  # the input's class count (a shard's, with group=)
     ignore_index: int
     row_shape: tuple  # shape of the per-row losses ('none')
+    out_dtype: torch.dtype | None = None  # the loss's dtype when promoted by a float target
 
 
 def _cross_entropy_args(input, target, weight, size_average, ignore_index, reduce, reduction,
@@ -368,7 +384,7 @@ def _cross_entropy_args(input, target, weight, size_average, ignore_index, reduc
         raise _checks.ArgumentTypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
     label_smoothing = _checks.check_unit_interval("label_smoothing", label_smoothing)
     z_loss = _checks.check_non_negative("z_loss", z_loss)
-    softcap = _checks.check_positive("softcap", softcap)
+    softcap = _checks.check_softcap("softcap", softcap)
     logit_scale = _checks.check_positive("logit_scale", logit_scale, allow_none=False)
     _checks.check_choice("all_ignored", all_ignored, ALL_IGNORED_CHOICES)
     transform = ScoreTransform(logit_scale=logit_scale, softcap=softcap)
@@ -389,8 +405,10 @@ def _cross_entropy_args(input, target, weight, size_average, ignore_index, reduc
         _checks.check_prob_target_shape(input, target)
         _checks.check_class_weight(weight, num_classes, input)
         row_shape = tuple(input.shape[:1] + input.shape[2:]) if input.dim() > 1 else ()
+        # PyTorch promotes the loss to a wider probability target's dtype
+        out_dtype = torch.promote_types(loss_dtype(input.dtype), target.dtype)
         return CrossEntropyArgs(reduction, label_smoothing, z_loss, transform, True,
-                                num_classes, -100, row_shape)
+                                num_classes, -100, row_shape, out_dtype)
     ignore_index = _check_index_target(input, target, weight, ignore_index)
     return CrossEntropyArgs(reduction, label_smoothing, z_loss, transform, False, num_classes,
                             ignore_index, tuple(target.shape))
@@ -424,6 +442,8 @@ def finish_cross_entropy(stats, valid, denominator, args: CrossEntropyArgs, all_
     row_loss = cross_entropy_rows(stats.lse, stats.dot, stats.mass, valid, args.z_loss)
     loss = reduce_rows(row_loss.reshape(args.row_shape), args.reduction, denominator,
                        all_ignored=all_ignored)
+    if args.out_dtype is not None and loss.dtype != args.out_dtype:
+        loss = loss.to(args.out_dtype)
     if not return_stats:
         return loss
     extra = CrossEntropyStats(

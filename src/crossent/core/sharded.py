@@ -9,12 +9,12 @@ order (the ``C_r`` may differ): local logits ``(N, C_r)``, or the local output w
 probability targets and the class ``weight`` are sharded like the logits.
 
 Each rank sees its shard as columns ``[o_r, o_r + C_r)`` of the global problem and
-computes the streaming statistics of :mod:`crossent._stats` over them: the row max /
+computes the streaming statistics of :mod:`crossent.core.stats` over them: the row max /
 log-sum-exp ``lse_r``, its part of the target dot ``dot_r = sum_{c in r} t_ic z_ic`` and of
 the target mass ``s_r = sum_{c in r} t_ic`` (label smoothing spreads ``eps / C`` with the
 global ``C``), and for ``return_stats`` the entropy term and argmax. One all-gather of
 these ``(N,)`` vectors (:func:`crossent.distributed.merge_row_stats`) gives every rank the
-whole problem's statistics, folded in rank order with :func:`crossent._stats.merge`, the
+whole problem's statistics, folded in rank order with :func:`crossent.core.stats.merge`, the
 same bits on every rank::
 
     lse = log sum_r exp(lse_r),   dot = sum_r dot_r,   s = sum_r s_r
@@ -113,7 +113,7 @@ def shard_index_target(context: str, target: torch.Tensor, shards: Shards, group
 
 
 def _local_state(lse, dot, entropy, argmax, best_score) -> _stats.RowStats:
-    """A :class:`~crossent._stats.RowStats` state of this shard from its ``lse`` (and,
+    """A :class:`~crossent.core.stats.RowStats` state of this shard from its ``lse`` (and,
     for ``return_stats``, its entropy, argmax and the score at the argmax).
 
     ``(max, sumexp) = (m, exp(lse - m))`` is valid for any finite ``m`` (``m + log l =

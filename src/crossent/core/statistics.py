@@ -9,7 +9,7 @@
 
 where ``z = softcap(logit_scale * input)`` (``softcap(x) = cap * tanh(x / cap)``,
 Gemma 2; identity when ``cap`` is None) and ``t`` is the target distribution of
-:mod:`crossent._targets`. Every loss is then ordinary arithmetic on these ``(n,)``
+:mod:`crossent.core.targets`. Every loss is then ordinary arithmetic on these ``(n,)``
 vectors (``loss = mass * lse - dot`` for cross-entropy), so autograd handles the loss
 formulas while this function supplies the ``N x C`` part of the chain rule::
 
@@ -35,6 +35,7 @@ import torch
 
 from . import stats as _stats
 from .backward import refuse_double_backward
+from .checks import functorch_active
 from .reduction import accumulation_dtype
 from .targets import ClassIndexTarget, ClassProbTarget
 from .tiles import chunk_rows, row_chunks
@@ -244,7 +245,15 @@ def softmax_statistics(
     tensor of the input's shape (then ``weight`` and ``label_smoothing`` apply to it, and
     ``num_classes``, when the input is a class shard, is the total class count).
     Arguments are assumed validated by the caller.
+
+    Under ``torch.func`` transforms (``grad``, ``vmap``, ``jacrev``, ``jvp``, ...) and
+    forward-mode AD the statistics come from plain differentiable PyTorch operations
+    (:func:`_composite_statistics`), which every transform composes with; the lean
+    autograd function (no ``N x C`` buffer saved) serves ordinary autograd.
     """
+    if functorch_active():
+        return _composite_statistics(input, target, weight, label_smoothing, transform,
+                                     entropy, argmax, num_classes)
     if isinstance(target, ClassIndexTarget):
         out = _SoftmaxStatisticsFunction.apply(
             input, None, target, None, transform, entropy, argmax
@@ -254,3 +263,37 @@ def softmax_statistics(
         out = _SoftmaxStatisticsFunction.apply(input, target, None, spec, transform, entropy, argmax)
     lse, dot, mass, ent, best = out
     return SoftmaxStatistics(lse, dot, mass, ent if entropy else None, best if argmax else None)
+
+
+def _composite_statistics(input, target, weight, label_smoothing, transform: ScoreTransform,
+                          entropy: bool, argmax: bool, num_classes) -> SoftmaxStatistics:
+    """:func:`softmax_statistics` in differentiable PyTorch operations, for ``torch.func``
+    transforms and forward-mode AD (no data-dependent control flow; higher derivatives
+    too). Memory as ``F.cross_entropy``: autograd saves the ``N x C`` scores."""
+    rows = to_rows(input)
+    acc = accumulation_dtype(input.dtype)
+    z = rows.to(acc)
+    if transform.logit_scale != 1.0:
+        z = z * transform.logit_scale
+    if transform.softcap is not None:
+        z = torch.tanh(z / transform.softcap) * transform.softcap
+    lse = torch.logsumexp(z, 1)
+    if isinstance(target, ClassIndexTarget):
+        dot, mass = target.dot(z), target.mass.clone()
+    else:
+        q = to_rows(target).to(acc)
+        total = q.shape[1] if num_classes is None else int(num_classes)
+        t = q * (1.0 - label_smoothing) + label_smoothing / total if label_smoothing else q
+        if weight is not None:
+            t = t * weight.to(acc)
+        dot = (t * z).sum(1)
+        mass = t.sum(1)
+    ent = best = None
+    if entropy:
+        zd = z.detach()
+        p = torch.softmax(zd, 1)
+        pz = torch.where(p > 0, p * zd, torch.zeros((), dtype=acc, device=z.device))
+        ent = lse.detach() - pz.sum(1)
+    if argmax:
+        best = z.detach().argmax(1)
+    return SoftmaxStatistics(lse, dot, mass, ent, best)

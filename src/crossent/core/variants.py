@@ -103,7 +103,7 @@ def focal_loss(
                 )
             row_loss = row_loss * alpha.to(row_loss.dtype).gather(0, spec.index)
         else:
-            row_loss = row_loss * float(alpha)
+            row_loss = row_loss * _checks.check_finite("alpha", alpha)
     row_loss = torch.where(spec.valid, row_loss, _zero(row_loss)).reshape(target.shape)
     return reduce_rows(row_loss, reduction, spec.mean_denominator())
 
@@ -130,7 +130,8 @@ def poly1_cross_entropy(
     Args:
         input: logits.
         target: class indices (int64/uint8).
-        epsilon: coefficient of the poly-1 term (0: cross-entropy).
+        epsilon: coefficient of the poly-1 term (0: cross-entropy), any finite number
+            (the paper uses -1 to 2).
         weight: optional ``(C,)`` class weights ``w``.
         ignore_index: target value whose rows contribute nothing.
         reduction: ``'none'`` | ``'mean'`` | ``'sum'``.
@@ -155,6 +156,7 @@ def poly1_cross_entropy(
         Functions", 2022.
     """
     reduction = _checks.check_reduction(reduction)
+    epsilon = _checks.check_finite("epsilon", epsilon)
     label_smoothing = _checks.check_unit_interval("label_smoothing", label_smoothing)
     _check_input(input)
     spec = _index_target(input, target, weight, ignore_index, label_smoothing)
@@ -165,6 +167,6 @@ def poly1_cross_entropy(
     p_y = torch.exp(picked - stats.lse)
     num_classes = rows.shape[1]
     p_t = (1.0 - label_smoothing) * p_y + label_smoothing / num_classes
-    row_loss = ce_row + float(epsilon) * (1.0 - p_t) * spec.target_weight
+    row_loss = ce_row + epsilon * (1.0 - p_t) * spec.target_weight
     row_loss = torch.where(spec.valid, row_loss, _zero(row_loss)).reshape(target.shape)
     return reduce_rows(row_loss, reduction, spec.mean_denominator())

@@ -4,7 +4,7 @@ Causal LMs feed the loss ``g(lm_head(h))`` where ``g`` is elementwise: the ident
 (Llama), a scale ``s * z`` (Cohere's ``logit_scale``, Granite's ``1 / logits_scaling``),
 a soft cap ``c * tanh(z / c)`` (Gemma-2/3's ``final_logit_softcapping``), or a composition
 of the two. Every such composition is ``a * tanh(b * z)`` or ``s * z``, which is
-:class:`crossent._core.ScoreTransform` with ``softcap = a`` and ``logit_scale = a * b``.
+:class:`crossent.core.statistics.ScoreTransform` with ``softcap = a`` and ``logit_scale = a * b``.
 
 Rather than reading configuration attributes (whose names differ between architectures),
 the integration shows the model known scores ``z`` (:func:`probe_scores`), records the

@@ -1,7 +1,7 @@
 """Margin-softmax scores as a score source of the fused linear cross-entropy backend.
 
 For embeddings ``x`` ``(N, D)``, class weights ``W`` ``(C*K, D)`` (``K`` sub-centres per
-class, row ``c*K + k``) and a :class:`~crossent._margins.MarginSpec`, the logits are::
+class, row ``c*K + k``) and a :class:`~crossent.kernels.margin_spec.MarginSpec`, the logits are::
 
     z_ic = s * a_i * max_k (b_ck * x_i . W_ck)          (c != y_i)
     z_iy = s * Mx_i * Mw_i * phi(cos theta_iy)           (the target column)
@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import torch
 
-from ..core.checks import ArgumentError
+from ..core.checks import ArgumentError, plain_tensor
 from ..core.statistics import ScoreTransform
 from ..core.targets import ClassIndexTarget
 from ..core.tiles import row_chunks
@@ -103,14 +103,16 @@ def weight_norms(weight: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 def _check_nonzero(name: str, norms: torch.Tensor, where: torch.Tensor | None = None) -> None:
+    norms = plain_tensor(norms)  # under torch.func: every value, no branch on a wrapper
     bad = ~(norms > 0) | ~torch.isfinite(norms)
     if where is not None:
-        bad = bad & where
+        bad = bad & plain_tensor(where)
     if norms.device.type == "cpu" and not torch.compiler.is_compiling():
         if bool(bad.any()):
-            first = int(bad.nonzero()[0, 0])
+            first = bad.nonzero()[0]  # one index per dim (two under vmap: the batch's too)
+            row = f"row {int(first[0])}" if norms.dim() == 1 else "a row (of a vmapped batch)"
             raise ArgumentError(
-                f"{name} row {first} has norm {float(norms[first])}: a margin head needs a "
+                f"{name} {row} has norm {float(norms[tuple(first)])}: a margin head needs a "
                 f"direction (a finite, non-zero norm) for every {name} row that is used"
             )
     else:
@@ -148,7 +150,7 @@ class MarginScores:
         n = x.shape[0]
         self.index = torch.where(active, target.index, torch.zeros_like(target.index))
         rows = self.index.unsqueeze(1) * k + torch.arange(k, device=x.device)
-        wy = weight.index_select(0, rows.reshape(-1)).to(acc).reshape(n, k, -1)
+        wy = weight.index_select(0, rows.reshape(-1)).to(acc).reshape(n, k, weight.shape[1])
         cos = torch.bmm(wy, x.to(acc).unsqueeze(2)).squeeze(2) / (nw[rows] * self.nx.unsqueeze(1))
         c, self.kstar = cos.clamp(-1.0, 1.0).max(1)
         nwy = nw[rows.gather(1, self.kstar.unsqueeze(1)).squeeze(1)]

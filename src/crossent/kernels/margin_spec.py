@@ -36,6 +36,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..core.checks import ArgumentError, check_int, check_non_negative
+
 KINDS = ("arcface", "cosface", "combined", "sphereface", "lsoftmax")
 
 
@@ -175,9 +177,9 @@ def anneal_lambda(step: int, *, base: float = 1000.0, gamma: float = 0.12, power
     ``base=1000, gamma=2.5e-5, power=35, minimum=0``. Pass the result as ``annealing=``.
 
     Args:
-        step: the training iteration, ``>= 0``.
-        base, gamma, power: the schedule's constants.
-        minimum: the floor ``lambda_min``.
+        step: the training iteration, an int ``>= 0``.
+        base, gamma, power: the schedule's constants, finite numbers ``>= 0``.
+        minimum: the floor ``lambda_min``, a finite number ``>= 0``.
     Returns:
         ``lambda`` as a float.
     Example:
@@ -193,6 +195,9 @@ def anneal_lambda(step: int, *, base: float = 1000.0, gamma: float = 0.12, power
         Liu et al., "SphereFace: Deep Hypersphere Embedding for Face Recognition", 2017.
         Liu et al., "Large-Margin Softmax Loss for Convolutional Neural Networks", 2016.
     """
+    step = check_int("step", step)
     if step < 0:
-        raise ValueError(f"step must be >= 0, got {step}")
-    return max(float(minimum), float(base) * (1.0 + gamma * step) ** (-power))
+        raise ArgumentError(f"step must be >= 0, got {step}")
+    base, gamma = check_non_negative("base", base), check_non_negative("gamma", gamma)
+    power, minimum = check_non_negative("power", power), check_non_negative("minimum", minimum)
+    return max(minimum, base * (1.0 + gamma * step) ** (-power))

@@ -2,7 +2,7 @@
 
 Scores are ``z = softcap(logit_scale * (x @ W.T + b))`` for hidden states ``x``
 ``(N, H)``, output weight ``W`` ``(V, H)`` and bias ``b`` ``(V,)``. For a target
-distribution ``t`` (:mod:`crossent._targets`) with row mass ``s_i``::
+distribution ``t`` (:mod:`crossent.core.targets`) with row mass ``s_i``::
 
     loss_i   = s_i * lse_i - sum_c t_ic z_ic + z_loss * lse_i^2
     dloss/dz = (s_i + 2 z_loss lse_i) * softmax(z_i) - t_i
@@ -15,10 +15,10 @@ and with ``G = r[:, None] * dloss/dz`` chained back through the soft-cap
 The backend walks ``plan.rows``-token bands and ``plan.cols``-class tiles. With whole
 rows per tile (``plan.fused``) one matmul gives the statistics and, in the same buffer,
 the gradient tile; otherwise statistics are merged across tiles
-(:func:`crossent._stats.merge`) and a second pass recomputes each tile against the
+(:func:`crossent.core.stats.merge`) and a second pass recomputes each tile against the
 final log-sum-exp. ``dW`` and ``db`` accumulate in float32 in place (``addmm_``);
 ``dx`` is formed band by band. On CPU, whole-row tiles become ``softmax(z)`` in place
-through PyTorch's fused row kernel (:func:`crossent._stats.softmax_stats_`), and with
+through PyTorch's fused row kernel (:func:`crossent.core.stats.softmax_stats_`), and with
 class-index targets and no soft-cap the target and the row coefficients go into the
 matmuls' operands rather than into the tile (:class:`_FoldedTarget`): after the logits,
 a band's tile is read once by the max, read and written once by the softmax, then only

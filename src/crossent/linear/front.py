@@ -75,6 +75,9 @@ def _check_shapes(input, linear_weight, linear_bias):
             )
         if linear_bias.device != input.device:
             raise _checks.ArgumentError(f"linear_bias is on {linear_bias.device}, expected {input.device}")
+        if linear_bias.dtype != input.dtype:  # F.linear raises too
+            raise _checks.ArgumentTypeError(
+                f"linear_bias must have the input's dtype {input.dtype}, got {linear_bias.dtype}")
 
 
 def _split_target(input, target, num_classes, weight, ignore_index, check_bounds=True):
@@ -136,7 +139,7 @@ def _linear_args(input, linear_weight, target, linear_bias, weight, reduction, i
     _check_shapes(input, linear_weight, linear_bias)
     label_smoothing = _checks.check_unit_interval("label_smoothing", label_smoothing)
     z_loss = _checks.check_non_negative("z_loss", z_loss)
-    softcap = _checks.check_positive("softcap", softcap)
+    softcap = _checks.check_softcap("softcap", softcap)
     logit_scale = _checks.check_positive("logit_scale", logit_scale, allow_none=False)
     _checks.check_choice("all_ignored", all_ignored, ALL_IGNORED_CHOICES)
     backend = resolve_backend(backend, input.device)
@@ -246,8 +249,13 @@ def linear_cross_entropy(
         target ``()``/``(N,)`` class indices or ``(V,)``/``(N, V)`` probabilities; weight
         ``(V,)``; the output a scalar, or ``(N,)``/``()`` for ``'none'``.
     Returns:
-        The loss, in float32 for half inputs (with ``return_stats=True`` the pair
-        ``(loss, CrossEntropyStats)``). Gradients flow to input, linear_weight,
+        The loss, in float32 for half inputs (promoted to a wider probability target's
+        dtype, as PyTorch; with ``return_stats=True`` the pair ``(loss,
+        CrossEntropyStats)``). ``softcap``: ``None`` or ``math.inf`` mean no cap;
+        ``logit_scale``, ``z_loss``, ``label_smoothing`` must be finite. ``torch.func``
+        transforms and forward-mode AD are not supported: they raise
+        ``crossent.core.checks.UnsupportedTransformError`` (a :class:`crossent.ArgumentError`
+        and a ``NotImplementedError``). Gradients flow to input, linear_weight,
         linear_bias and a probability target that requires grad (``d loss_i / d q_ic =
         (1 - eps) w_c (lse_i - z_ic)`` times the reduction's scale, formed in the backward
         from recomputed tiles), in their dtypes. Double backward (``create_graph=True``)
@@ -271,6 +279,7 @@ def linear_cross_entropy(
         ``torch.nn.functional.linear_cross_entropy``.
     """
     del options
+    _checks.check_no_transform("crossent.linear_cross_entropy")
     parallel = D.spans_ranks(group)  # a one-rank group is no group
 
     def validate():
@@ -298,6 +307,8 @@ def linear_cross_entropy(
         )
     if a.reduction == "none" and input.dim() == 1:
         loss = loss.reshape(())
+    if a.probs is not None:  # PyTorch promotes the loss to a wider target's dtype
+        loss = loss.to(torch.promote_types(loss.dtype, a.probs.dtype))
     return _with_stats(loss, lse, ent, best, input, return_stats)
 
 

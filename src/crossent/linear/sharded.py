@@ -60,7 +60,7 @@ class _LinearSpec:
     return_stats: bool
     group: object
     shards: Shards
-    margin: object = None  # a crossent._margins.MarginSpec: margin-head scores (Partial FC)
+    margin: object = None  # a crossent.kernels.margin_spec.MarginSpec: margin-head scores (Partial FC)
     weight_norms: torch.Tensor | None = None  # the margin head's class norms, if checked already
 
 

@@ -60,8 +60,8 @@ class _MarginHead(nn.Module):
         if self.num_classes < 1 or self.embedding_dim < 1:
             raise _checks.ArgumentError(
                 f"num_classes and embedding_dim must be >= 1, got {num_classes} and {embedding_dim}")
-        loss_keys = ("reduction", "ignore_index", "label_smoothing", "memory_budget",
-                     "token_chunk_size", "vocab_chunk_size", "backend")
+        loss_keys = ("reduction", "ignore_index", "label_smoothing", "all_ignored",
+                     "memory_budget", "token_chunk_size", "vocab_chunk_size", "backend")
         self.loss_kwargs = {k: params.pop(k) for k in loss_keys if k in params}
         self.params = params
         self.spec = margin.margin_spec(self.head, **params)  # validates the margin now

@@ -13,7 +13,7 @@ whose target column carries a margin::
 
 with ``psi(theta) = (-1)^k cos(m theta) - 2k`` on ``[k pi/m, (k+1) pi/m]`` (integer ``m``).
 The margin functions, their continuations past pi and their slopes at theta = 0 and pi
-are in :mod:`crossent._margins`. Sub-centre ArcFace (Deng et al. 2020) takes the class
+are in :mod:`crossent.kernels.margin_spec`. Sub-centre ArcFace (Deng et al. 2020) takes the class
 cosine as the max over ``K`` centres (weight ``(C*K, D)``, row ``c*K + k``).
 
 **Fused.** Every loss runs on the tiled path of :func:`crossent.linear_cross_entropy`
@@ -23,9 +23,12 @@ through the normalisation tile by tile. Memory beyond the weight gradient: the l
 (``memory_budget``), a ``(C,)`` norm vector and ``(N, K, D)`` gathered target rows; never
 ``N x C`` logits, never a normalised copy of ``W``.
 
-Arguments shared by every loss: ``reduction``, ``ignore_index`` and ``label_smoothing`` as
-in :func:`crossent.cross_entropy` (label smoothing spreads over the margin-adjusted
-logits), and the tiling controls of :func:`crossent.linear_cross_entropy`
+Arguments shared by every loss: ``reduction``, ``ignore_index``, ``label_smoothing`` and
+``all_ignored`` as in :func:`crossent.cross_entropy` (label smoothing spreads over the
+margin-adjusted logits; an empty batch, ``N = 0``, gives what cross_entropy gives: NaN for
+'mean' unless ``all_ignored='zero'``, 0 for 'sum', an empty tensor for 'none'; ``scale``
+and the margins must be finite; ``torch.func`` transforms raise a clear error: use
+:func:`margin_logits` and :func:`crossent.cross_entropy` under them), and the tiling controls of :func:`crossent.linear_cross_entropy`
 (``memory_budget``, default 128 MiB here, 2 GiB on CUDA: :data:`crossent.core.tiles.BUDGETS`;
 ``token_chunk_size``, ``vocab_chunk_size``, ``backend``; the Triton
 backend has no margin kernels, so margin heads always run on the PyTorch backend).
@@ -43,6 +46,7 @@ import math
 import torch
 
 from ..core import checks as _checks
+from ..core.reduction import ALL_IGNORED_CHOICES
 from ..core.tiles import plan_tiles
 from ..kernels import margin_scores
 from ..kernels.dispatch import resolve_backend
@@ -138,7 +142,7 @@ def _subcenter(centers=3, scale=64.0, margin=0.5, easy_margin=False, gradient="e
     return _arcface(scale, margin, easy_margin, gradient, centers)
 
 
-#: head name -> builder of its :class:`~crossent._margins.MarginSpec` from keyword arguments
+#: head name -> builder of its :class:`~crossent.kernels.margin_spec.MarginSpec` from keyword arguments
 HEADS = {
     "arcface": _arcface,
     "cosface": _cosface,
@@ -210,9 +214,14 @@ def margin_plan(spec: MarginSpec, embeddings: torch.Tensor, num_classes: int, re
 
 
 def _fused_loss(spec: MarginSpec, embeddings, weight, target, *, reduction="mean",
-                ignore_index=-100, label_smoothing=0.0, memory_budget=None,
+                ignore_index=-100, label_smoothing=0.0, all_ignored="nan", memory_budget=None,
                 token_chunk_size=None, vocab_chunk_size=None, backend="auto"):
+    _checks.check_no_transform(
+        f"the fused margin loss ({spec.kind})",
+        "crossent.cross_entropy(crossent.margin_logits(embeddings, weight, target, head=...), "
+        "target)")
     reduction = _checks.check_reduction(reduction)
+    all_ignored = _checks.check_choice("all_ignored", all_ignored, ALL_IGNORED_CHOICES)
     num_classes = _check_inputs(embeddings, weight, spec.centers)
     ignore_index = _checks.check_int("ignore_index", ignore_index)
     label_smoothing = _checks.check_unit_interval("label_smoothing", label_smoothing)
@@ -225,7 +234,7 @@ def _fused_loss(spec: MarginSpec, embeddings, weight, target, *, reduction="mean
                        token_chunk_size, vocab_chunk_size)
     out = linear_ce_op(
         embeddings, weight, None, index, None, None, ignore_index, label_smoothing, reduction,
-        0.0, None, 1.0, "nan", plan.rows, plan.cols, backend, False, need_x, need_w, False,
+        0.0, None, 1.0, all_ignored, plan.rows, plan.cols, backend, False, need_x, need_w, False,
         False, margin=spec.kind, margin_args=spec.to_args(),
     )
     return out[0]
@@ -543,6 +552,35 @@ class _Phi(torch.autograd.Function):
         return grad * slope, None
 
 
+class _PhiTransform(torch.autograd.Function):
+    """:class:`_Phi` for ``torch.func`` transforms and forward-mode AD (``setup_context``,
+    a generated vmap rule, ``jvp``); only under them, as Dynamo cannot trace a custom
+    ``jvp``. Returns ``(phi, slope)``, the slope non-differentiable."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(c, spec):
+        return spec.phi(c)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, slope = output
+        ctx.mark_non_differentiable(slope)
+        ctx.save_for_backward(slope)
+        ctx.save_for_forward(slope)
+
+    @staticmethod
+    def backward(ctx, grad, _grad_slope):
+        (slope,) = ctx.saved_tensors
+        return grad * slope, None
+
+    @staticmethod
+    def jvp(ctx, tangent, _spec):
+        (slope,) = ctx.saved_tensors
+        return tangent * slope, None
+
+
 def margin_logits(embeddings, weight, target=None, *, head: str = "arcface", ignore_index=-100,
                   **params) -> torch.Tensor:
     """The margin-adjusted ``(N, C)`` logits of a margin head, formed explicitly.
@@ -555,7 +593,7 @@ def margin_logits(embeddings, weight, target=None, *, head: str = "arcface", ign
     margin function. Without ``target`` (or on rows equal to ``ignore_index``) no margin:
     the evaluation logits ``s * rho * cos theta``.
 
-    Differentiable with plain autograd; it forms ``N x C`` logits (and normalised copies of
+    Differentiable with plain autograd (and under ``torch.func`` transforms); it forms ``N x C`` logits (and normalised copies of
     the inputs), so it is for plots, evaluation and small problems. ``cross_entropy`` of
     these logits equals the head's fused loss.
 
@@ -611,6 +649,7 @@ def margin_logits(embeddings, weight, target=None, *, head: str = "arcface", ign
         return logits
     safe = torch.where(valid, index, torch.zeros_like(index)).unsqueeze(1)
     c = cos.gather(1, safe).squeeze(1).clamp(-1.0, 1.0)
-    z_t = spec.scale * rho.gather(1, safe).squeeze(1) * _Phi.apply(c, spec)
+    phi = _PhiTransform.apply(c, spec)[0] if _checks.functorch_active() else _Phi.apply(c, spec)
+    z_t = spec.scale * rho.gather(1, safe).squeeze(1) * phi
     z_t = torch.where(valid, z_t, logits.gather(1, safe).squeeze(1))
     return logits.scatter(1, safe, z_t.unsqueeze(1))

@@ -19,7 +19,7 @@ One step, on every rank:
    in rank order, are the step's classes;
 4. the margin logits ``X W_r^T`` (the target column with its margin) are seen tile by
    tile on the fused path; per-row statistics of the shards merge exactly across ranks
-   (:func:`crossent.class_parallel.merge_shards`), so the value is the loss of the global
+   (:func:`crossent.core.sharded.merge_shards`), so the value is the loss of the global
    batch over all (sampled) classes, the same on every rank.
 
 Gradients. The shard's weight gets exactly its slice of the single-process weight
@@ -213,7 +213,8 @@ def partial_fc_loss(spec: MarginSpec, embeddings: torch.Tensor, weight: torch.Te
                     target: torch.Tensor, *, group, num_classes: int, sample_rate: float = 1.0,
                     generator: torch.Generator | None = None, reduction: str = "mean",
                     ignore_index: int = -100, label_smoothing: float = 0.0,
-                    memory_budget=None, token_chunk_size=None, vocab_chunk_size=None,
+                    all_ignored: str = "nan", memory_budget=None, token_chunk_size=None,
+                    vocab_chunk_size=None,
                     backend: str = "auto", context: str = "crossent Partial FC"):
     """The margin loss of the global batch over classes sharded across ranks (Partial FC).
 
@@ -276,6 +277,8 @@ def partial_fc_loss(spec: MarginSpec, embeddings: torch.Tensor, weight: torch.Te
                 f"the global batch's on every rank); use 'mean' or 'sum'")
         ignore_index = _checks.check_int("ignore_index", ignore_index)
         label_smoothing = _checks.check_unit_interval("label_smoothing", label_smoothing)
+        all_ignored = _checks.check_choice("all_ignored", all_ignored, ("nan", "zero"))
+        _checks.check_no_transform(context)
         local_classes = _check_inputs(embeddings, weight, k)
         start, end = shard_range(num_classes, rank, world)
         if local_classes != end - start:
@@ -309,7 +312,7 @@ def partial_fc_loss(spec: MarginSpec, embeddings: torch.Tensor, weight: torch.Te
                         dtype=embeddings.dtype, device_type=embeddings.device.type,
                         num_classes=int(num_classes), sample_rate=float(sample_rate),
                         reduction=reduction, ignore_index=ignore_index,
-                        label_smoothing=label_smoothing,
+                        label_smoothing=label_smoothing, all_ignored=all_ignored,
                         embeddings_grad=bool(embeddings.requires_grad))
     except D.LOCAL_ERRORS as exc:
         error = exc
@@ -342,7 +345,7 @@ def partial_fc_loss(spec: MarginSpec, embeddings: torch.Tensor, weight: torch.Te
                                  col_offset=shards.offset, total_classes=shards.total)
     plan = margin_plan(spec, x, shards.sizes[rank], reduction, need_x, memory_budget,
                        token_chunk_size, vocab_chunk_size)
-    lspec = _LinearSpec(tgt, ScoreTransform(), 0.0, reduction, "nan", plan.rows, plan.cols,
+    lspec = _LinearSpec(tgt, ScoreTransform(), 0.0, reduction, all_ignored, plan.rows, plan.cols,
                         backend, False, group, shards, margin=spec, weight_norms=norms)
     loss, _, _, _ = sharded_linear_cross_entropy(x, w, None, None, lspec)
     return loss, classes
