@@ -490,4 +490,4 @@ def test_create_graph_raises_on_every_rank(rank_pool, design):
     out = rank_pool(2).run(_create_graph_job, design, timeout=60)
     assert out[0] == out[1]
     for msg in out[0]:
-        assert msg.startswith("ArgumentError") and "double backward (create_graph=True)" in msg, msg
+        assert msg.startswith("DoubleBackwardError") and "double backward (create_graph=True)" in msg, msg

@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..core.checks import ArgumentError
+from ..core.backward import refuse_double_backward as core_refuse_double_backward
 from ..core.tiles import TilePlan
 from ..kernels import similarity as sim
 from ..kernels.dispatch import get_backend
@@ -50,16 +50,11 @@ def backend_module(backend: str):
 
 
 def refuse_double_backward(context: str) -> None:
-    """Raise, inside an autograd ``backward``, when the caller asked for a graph of the
-    gradient (``torch.autograd.grad(..., create_graph=True)``: grad mode is on in a
-    backward exactly then). The tiled backward forms the gradient in place from
-    recomputed tiles, so it has no graph to give; a silent graph-less gradient would make a
-    gradient penalty contribute nothing."""
-    if torch.is_grad_enabled():
-        raise ArgumentError(
-            f"{context}: double backward (create_graph=True) is not supported for this loss: "
-            "its backward recomputes the similarity tiles in place and builds no graph of "
-            "the gradient; call backward()/autograd.grad without create_graph")
+    """:func:`crossent.core.backward.refuse_double_backward` for a contrastive loss: its
+    backward recomputes the similarity tiles in place and builds no graph of the gradient."""
+    core_refuse_double_backward(
+        context, "Call backward()/autograd.grad without create_graph, or write the loss "
+        "on the materialised similarity matrix for a gradient of the gradient.")
 
 
 class _BlockFunction(torch.autograd.Function):

@@ -11,12 +11,20 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["refuse_double_backward"]
+from .checks import ArgumentError
+
+__all__ = ["DoubleBackwardError", "refuse_double_backward"]
+
+
+class DoubleBackwardError(ArgumentError, NotImplementedError):
+    """``create_graph=True`` through a loss whose backward is hand-written (an
+    :class:`~crossent.ArgumentError` and a ``NotImplementedError``)."""
 
 
 def refuse_double_backward(function: str, instead: str) -> None:
-    """Raise :class:`NotImplementedError` when called inside a backward asked to create a
-    graph.
+    """Raise :class:`DoubleBackwardError` when called inside a backward asked to create a
+    graph: the one check of every hand-written backward (given logits, fused linear,
+    margin heads, contrastive tiles, the ring across ranks).
 
     In an autograd backward, grad mode is on exactly when the caller passed
     ``create_graph=True``. (Under ``torch.compile`` tracing this is not checked: AOTAutograd
@@ -27,8 +35,8 @@ def refuse_double_backward(function: str, instead: str) -> None:
         instead: what to use for double backward (a sentence).
     """
     if torch.is_grad_enabled() and not torch.compiler.is_compiling():
-        raise NotImplementedError(
-            f"{function}: double backward (create_graph=True, e.g. for a gradient penalty) is "
-            f"not supported for this function: its gradient is formed analytically and is not "
+        raise DoubleBackwardError(
+            f"{function}: double backward (create_graph=True) is not supported for this loss "
+            f"(e.g. for a gradient penalty): its gradient is formed analytically and is not "
             f"itself differentiable. {instead}"
         )
