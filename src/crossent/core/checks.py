@@ -277,6 +277,32 @@ def check_index_target_shape(input: torch.Tensor, target: torch.Tensor) -> None:
         )
 
 
+def check_class_index_target(target, expected_shape, num_classes: int, ignore_index: int,
+                             device: torch.device, *, shape_hint: str = "",
+                             bounds: bool = True) -> torch.Tensor:
+    """The one validator of a class-index target of a fused front (linear, margin heads):
+    a tensor of int64/uint8 class indices of ``expected_shape`` on ``device``, within
+    ``[0, num_classes)`` or ``ignore_index`` (the bounds only with ``bounds``, and only in
+    eager mode: a value check). Returns the target as int64.
+
+    Raises:
+        ArgumentTypeError: not a tensor, or not an integer dtype.
+        ArgumentError: a wrong shape (``shape_hint`` is appended to the message) or device.
+        TargetIndexError: an index out of range.
+    """
+    if not isinstance(target, torch.Tensor):
+        raise ArgumentTypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    check_index_target_dtype(target)
+    if tuple(target.shape) != tuple(expected_shape):
+        raise ArgumentError(f"target must have shape {list(expected_shape)}{shape_hint}, "
+                            f"got {list(target.shape)}")
+    if target.device != device:
+        raise ArgumentError(f"target is on {target.device}, expected {device}")
+    if bounds and not torch.compiler.is_compiling():
+        check_index_bounds(target, num_classes, ignore_index)
+    return target.long()
+
+
 def check_prob_target_shape(input: torch.Tensor, target: torch.Tensor) -> None:
     if target.shape != input.shape:
         raise ArgumentError(

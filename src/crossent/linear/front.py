@@ -100,16 +100,10 @@ def _split_target(input, target, num_classes, weight, ignore_index, check_bounds
             raise _checks.ArgumentError(f"target is on {target.device}, expected {input.device}")
         return None, target.reshape(-1, num_classes), -100
     ignore_index = -100 if ignore_index is None else int(ignore_index)
-    _checks.check_index_target_dtype(target)
-    expected = tuple(input.shape[:-1])
-    if tuple(target.shape) != expected:
-        raise _checks.ArgumentError(
-            f"target with class indices must have shape {list(expected)} for input of shape "
-            f"{list(input.shape)}, got {list(target.shape)}"
-        )
-    if check_bounds and not torch.compiler.is_compiling():  # a value check: eager only
-        _checks.check_index_bounds(target, num_classes, ignore_index)
-    return target.reshape(-1).long(), None, ignore_index
+    index = _checks.check_class_index_target(
+        target, input.shape[:-1], num_classes, ignore_index, input.device,
+        shape_hint=f" (class indices for input of shape {list(input.shape)})", bounds=check_bounds)
+    return index.reshape(-1), None, ignore_index
 
 
 class LinearArgs(NamedTuple):

@@ -180,17 +180,9 @@ def _check_inputs(embeddings, weight, centers: int) -> int:
 
 
 def _check_target(target, n: int, num_classes: int, ignore_index: int, device) -> torch.Tensor:
-    if not isinstance(target, torch.Tensor):
-        raise _checks.ArgumentTypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
-    _checks.check_index_target_dtype(target)
-    if tuple(target.shape) != (n,):
-        raise _checks.ArgumentError(
-            f"target must have shape [{n}] (one class index per embedding), got {list(target.shape)}")
-    if target.device != device:
-        raise _checks.ArgumentError(f"target is on {target.device}, expected {device}")
-    if not torch.compiler.is_compiling():
-        _checks.check_index_bounds(target, num_classes, ignore_index)
-    return target.long()
+    return _checks.check_class_index_target(
+        target, (n,), num_classes, ignore_index, device,
+        shape_hint=" (one class index per embedding)")
 
 
 # ------------------------------------------------------------------------ the fused loss
