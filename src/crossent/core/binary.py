@@ -176,11 +176,6 @@ def binary_cross_entropy(
     return reduce_rows(loss, reduction)
 
 
-def _log_sigmoid_parts(x: torch.Tensor) -> torch.Tensor:
-    """``softplus(-x) = -log sigmoid(x)``, stable for any ``x``."""
-    return torch.log1p(torch.exp(-x.abs())) + torch.clamp_min(-x, 0.0)
-
-
 def binary_cross_entropy_with_logits(
     input: torch.Tensor,
     target: torch.Tensor,
@@ -235,15 +230,35 @@ def binary_cross_entropy_with_logits(
     # a wider target promotes the loss, as PyTorch (float32 input, float64 target: float64)
     acc = accumulation_dtype(torch.promote_types(input.dtype, target.dtype))
     x, y = input.to(acc), target.to(acc)
-    softplus_neg = _log_sigmoid_parts(x)
+    # softplus(-x) = max(-x, 0) + log1p(exp(-|x|)), its large part added to (1 - y) x
+    # first: for a confident, right element the two cancel exactly and the small
+    # log1p(e^-|x|) survives (added last it would be lost in ulp(|x|))
+    large, small = torch.clamp_min(-x, 0.0), torch.log1p(torch.exp(-x.abs()))
     if pos_weight is not None:
         log_weight = 1.0 + (pos_weight.to(acc) - 1.0) * y
-        loss = (1.0 - y) * x + log_weight * softplus_neg
+        loss = ((1.0 - y) * x + log_weight * large) + log_weight * small
     else:
-        loss = (1.0 - y) * x + softplus_neg
+        loss = ((1.0 - y) * x + large) + small
     if weight is not None:
         loss = loss * weight.to(acc)
     return reduce_rows(loss, reduction)
+
+
+def focal_modulation(q: torch.Tensor, gamma: float) -> torch.Tensor:
+    """The focal factor ``q^gamma`` of ``q = 1 - p_t >= 0``, with a gradient that is finite
+    where ``q`` is 0.
+
+    For ``0 < gamma < 1`` the slope ``gamma q^(gamma - 1)`` is infinite at ``q = 0`` (a
+    confidently right example, ``p_t`` rounded to 1) and meets a factor that is 0 there
+    (``log p_t``, or the binary cross-entropy), so autograd's product is ``inf * 0 = NaN``.
+    The whole focal term's gradient tends to 0 as ``q -> 0`` (it is ``O(q^gamma)``), so
+    below the smallest normal number (where the slope could overflow) the factor is held
+    constant: its value is still ``q^gamma``, its gradient path is 0, the exact limit.
+    """
+    tiny = torch.finfo(q.dtype).tiny
+    live = q > tiny
+    safe = torch.where(live, q, torch.ones((), dtype=q.dtype, device=q.device))
+    return torch.where(live, safe ** gamma, q.detach().clamp_min(0.0) ** gamma)
 
 
 def sigmoid_focal_loss(
@@ -291,10 +306,12 @@ def sigmoid_focal_loss(
     alpha = _checks.check_finite("alpha", alpha)
     ce = binary_cross_entropy_with_logits(input, target, reduction="none")
     acc = ce.dtype
-    p = torch.sigmoid(input.to(acc))
+    x = input.to(acc)
     y = target.to(acc)
-    p_t = p * y + (1.0 - p) * (1.0 - y)
-    loss = ce * (1.0 - p_t) ** gamma
+    # 1 - p_t = y (1 - p) + (1 - y) p, with 1 - p = sigmoid(-x): no 1 - p rounded to 0 at
+    # x >= 17 (float32), where the confident example's factor and gradient would be lost
+    q = y * torch.sigmoid(-x) + (1.0 - y) * torch.sigmoid(x)
+    loss = ce * focal_modulation(q, gamma) if gamma else ce
     if alpha >= 0:
         loss = (alpha * y + (1.0 - alpha) * (1.0 - y)) * loss
     return reduce_rows(loss, reduction)

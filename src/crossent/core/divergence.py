@@ -139,16 +139,32 @@ def js_div(
     _checks.check_floating("input", input)
     _checks.check_floating("target", target)
     acc = accumulation_dtype(torch.promote_types(input.dtype, target.dtype))
+    # Terms p log(p / m) with 0 log 0 = 0, and their exact gradients where p or q is 0
+    # (disjoint supports): every branch that where() does not select is finite, as its
+    # gradient is multiplied by 0, and 0 * inf is NaN. d/dlog p of p log(p / m) is
+    # p log(p / m) -> 0 as p -> 0; d/dq of q log(q / m) is log(q / m), -inf as q -> 0
+    # while p > 0 (the one-sided derivative), log 2 where p = 0 (then the term is q log 2).
+    zero = torch.zeros((), dtype=acc, device=input.device)
     log_p = input.to(acc)
+    live_p = log_p > -torch.inf
+    p = torch.exp(log_p)
     if log_target:
         log_q = target.to(acc)
+        live_q = log_q > -torch.inf
+        q = torch.exp(log_q)
     else:
-        log_q = torch.log(target.to(acc))
-    log_m = torch.logaddexp(log_p, log_q) - math.log(2.0)
-    p, q = torch.exp(log_p), torch.exp(log_q)
-    zero = torch.zeros((), dtype=acc, device=input.device)
-    term_p = torch.where(p > 0, p * (log_p - log_m), zero)
-    term_q = torch.where(q > 0, q * (log_q - log_m), zero)
+        q = target.to(acc)
+        live_q = q > 0
+        log_q = torch.where(live_q, torch.log(torch.where(live_q, q, 1.0)), -torch.inf)
+    some = live_p | live_q  # m > 0: log m is finite, logaddexp's gradient too
+    log_m = torch.logaddexp(torch.where(some, log_p, zero), torch.where(some, log_q, zero)) \
+        - math.log(2.0)
+    term_p = torch.where(live_p, p * (torch.where(live_p, log_p, zero) - log_m), zero)
+    if log_target:
+        term_q = torch.where(live_q, q * (torch.where(live_q, log_q, zero) - log_m), zero)
+    else:  # q log q as -entr(q): its gradient log q + 1 is -inf at q = 0
+        q_p = torch.where(live_p, q, 1.0)  # the unselected branch stays finite
+        term_q = torch.where(live_p, -torch.special.entr(q_p) - q_p * log_m, q * math.log(2.0))
     loss = 0.5 * (term_p + term_q)
     if reduction == "none":
         return loss.sum(-1) if loss.dim() else loss

@@ -85,12 +85,23 @@ def row_logsumexp(z: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
     return torch.where(m == -torch.inf, m, lse)
 
 
+def _rescale(part_max: torch.Tensor, safe: torch.Tensor) -> torch.Tensor:
+    """``exp(part_max - m)`` (``safe``: the merged max ``m``, 0 where it is ``-inf``), and 0
+    for a part with no mass (``part_max = -inf``, e.g. the empty state).
+
+    Selected with ``where``, never masked by a product: for the empty state against a
+    tile whose max is below about -88.7 (float32), ``exp(0 - m)`` overflows to ``inf``
+    and ``inf * 0`` would be NaN."""
+    zero = torch.zeros((), dtype=safe.dtype, device=safe.device)
+    return torch.where(part_max > -torch.inf, torch.exp(part_max - safe), zero)
+
+
 def merge(a: RowStats, b: RowStats) -> RowStats:
     """Combine the statistics of two disjoint column ranges (``a`` before ``b``)."""
     m = torch.maximum(a.max, b.max)
     safe = _finite_or_zero(m)
-    scale_a = torch.exp(_finite_or_zero(a.max) - safe) * (a.max > -torch.inf)
-    scale_b = torch.exp(_finite_or_zero(b.max) - safe) * (b.max > -torch.inf)
+    scale_a = _rescale(a.max, safe)
+    scale_b = _rescale(b.max, safe)
     sumexp = a.sumexp * scale_a + b.sumexp * scale_b
     zexp = None
     if a.zexp is not None and b.zexp is not None:
@@ -102,8 +113,10 @@ def merge(a: RowStats, b: RowStats) -> RowStats:
 
 
 def logsumexp(stats: RowStats) -> torch.Tensor:
-    """``m + log(l)``: ``-inf`` for an empty or all ``-inf`` row."""
-    return _finite_or_zero(stats.max) + torch.log(stats.sumexp)
+    """``m + log(l)``: ``-inf`` for an empty or all ``-inf`` row (``m = -inf``, whatever
+    ``l`` holds: a state ``(lse, 1)`` of an all ``-inf`` tile has ``l = 1``)."""
+    return torch.where(stats.max == -torch.inf, stats.max,
+                       _finite_or_zero(stats.max) + torch.log(stats.sumexp))
 
 
 def entropy(stats: RowStats, lse: torch.Tensor) -> torch.Tensor:

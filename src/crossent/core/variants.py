@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from . import checks as _checks
+from .binary import focal_modulation
 from .multiclass import _check_input, _index_target
 from .reduction import reduce_rows
 from .statistics import softmax_statistics, to_rows
@@ -92,7 +93,9 @@ def focal_loss(
     )
     stats = softmax_statistics(input, plain)
     log_pt = stats.dot - stats.lse
-    modulating = (-torch.expm1(log_pt)).clamp_min(0.0) ** gamma if gamma else 1.0
+    # 1 - p_t = -expm1(log p_t): exact near p_t = 1; the factor's gradient is finite
+    # where it rounds to 0 (focal_modulation)
+    modulating = focal_modulation((-torch.expm1(log_pt)).clamp_min(0.0), gamma) if gamma else 1.0
     row_loss = -modulating * log_pt * spec.target_weight
     if alpha is not None:
         if isinstance(alpha, torch.Tensor):

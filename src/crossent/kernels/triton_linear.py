@@ -97,18 +97,25 @@ def _stats_kernel(x_ptr, w_ptr, b_ptr, y_ptr, tw_ptr, valid_ptr, cw_ptr,
             spread += tl.sum(zz, 1)
         tile_max = tl.max(z, 1)
         m_new = tl.maximum(m, tile_max)
-        alpha = tl.exp(m - m_new)
-        e = tl.exp(z - m_new[:, None])
+        # exp against a finite shift: while a row has seen only -inf (e.g. a tile of
+        # padding columns with a -inf bias) m_new = -inf, and exp(-inf - (-inf)) is NaN
+        safe = tl.where(m_new > float("-inf"), m_new, 0.0)
+        alpha = tl.exp(m - safe)
+        e = tl.exp(z - safe[:, None])
         s = s * alpha + tl.sum(e, 1)
         if STATS:
-            zexp = zexp * alpha + tl.sum(e * zz, 1)
+            # where, not a product: a -inf score has e = 0, and 0 * -inf is NaN
+            zexp = zexp * alpha + tl.sum(e * tl.where(e > 0.0, zz, 0.0), 1)
             tile_arg = tl.argmax(z, 1).to(tl.int64) + v0
             best = tl.where(tile_max > m, tile_arg, best)
         m = m_new
     lse = m + tl.log(s)
     tw = tl.load(tw_ptr + rows, mask=row_mask, other=0.0)
     valid = tl.load(valid_ptr + rows, mask=row_mask, other=0.0)
-    dot = smooth_keep * tw * picked + smooth_each * valid * spread
+    # the smoothing term only where there is smoothing: spread is -inf when a score is
+    # (a -inf bias), and 0 * -inf is NaN
+    share = smooth_each * valid
+    dot = smooth_keep * tw * picked + share * tl.where(share != 0.0, spread, 0.0)
     tl.store(lse_ptr + rows, lse, mask=row_mask)
     tl.store(dot_ptr + rows, dot, mask=row_mask)
     if STATS:
