@@ -261,3 +261,345 @@ def test_js_div_gradient_matches_float64_autograd_on_overlapping_support():
     ((p2 * (p2 / m).log()).sum() / 2 + (q2 * (q2 / m).log()).sum() / 2).div(4).backward()
     torch.testing.assert_close(log_p.grad, lp2.grad)
     torch.testing.assert_close(q.grad, q2.grad)
+
+
+# ------------------------- the loss relative to the row max: exact at any magnitude
+
+
+def _max_err(a, b):
+    return (a.double() - b.double()).abs().max().item()
+
+
+def _ce_options():
+    g = torch.Generator().manual_seed(11)
+    weight = torch.rand(50, generator=g) + 0.5
+    return [{}, {"label_smoothing": 0.1}, {"weight": weight},
+            {"weight": weight, "label_smoothing": 0.2}, {"probs": True},
+            {"probs": True, "weight": weight, "label_smoothing": 0.1}]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("opts", _ce_options(),
+                         ids=["index", "smoothing", "weight", "weight-smoothing", "probs",
+                              "probs-weight-smoothing"])
+@pytest.mark.parametrize("offset", [1e4, -1e4])
+def test_cross_entropy_at_a_large_offset_is_exact(dtype, opts, offset):
+    # PyTorch sums t (z - lse): 3e-7 off at offset 1e4 in float32; mass * lse - dot lost
+    # ulp(lse) = 5e-4. Relative to the row max the loss keeps every digit, in float32 and
+    # for half inputs (accumulated in float32) alike.
+    opts = dict(opts)
+    g = torch.Generator().manual_seed(12)
+    x = (torch.randn(64, 50, generator=g) * 3 + offset).to(dtype)
+    if opts.pop("probs", False):
+        y = torch.softmax(torch.randn(64, 50, generator=g, dtype=D), 1)
+    else:
+        y = torch.randint(0, 50, (64,), generator=g)
+    w = opts.get("weight")
+    if w is not None:
+        opts["weight"] = w = w.to(dtype)
+    ref_opts = dict(opts, weight=None if w is None else w.to(D))
+    want = F.cross_entropy(x.to(D), y, reduction="none", **ref_opts)
+    got = ce.cross_entropy(x, y.float() if y.is_floating_point() else y, reduction="none", **opts)
+    assert got.dtype == torch.float32
+    # float32 rounding of the result and of its few terms: some ulps of the loss (~10)
+    tol = 6e-7 * want.abs().max().item() + 1e-6  # (mass * lse - dot: 5e-4)
+    assert _max_err(got, want) <= tol
+    if dtype == torch.float32:  # as PyTorch's own float32 path, to a few ulps
+        yy = y.float() if y.is_floating_point() else y
+        torch_err = _max_err(F.cross_entropy(x, yy, reduction="none", **opts), want)
+        assert _max_err(got, want) <= 3 * torch_err + 2e-6
+    # the mean reduction (class-weighted denominator) and the gradient, as PyTorch's
+    leaf = x.clone().requires_grad_()
+    loss = ce.cross_entropy(leaf, y.float() if y.is_floating_point() else y, **opts)
+    (g_got,) = torch.autograd.grad(loss, leaf)
+    leaf64 = x.to(D).requires_grad_()
+    want_mean = F.cross_entropy(leaf64, y, **ref_opts)
+    (g_want,) = torch.autograd.grad(want_mean, leaf64)
+    assert _max_err(loss, want_mean) <= tol
+    torch.testing.assert_close(g_got.double(), g_want, atol=1e-7 if dtype == torch.float32 else 1e-3,
+                               rtol=1e-5 if dtype == torch.float32 else 1e-2)
+
+
+@pytest.mark.parametrize("value", [-1e30, 1e30, -3e38, 3e38])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_rows_of_one_huge_value_give_log_c(value, label_smoothing):
+    # all C scores equal: softmax is uniform, the loss is log C whatever the value
+    # (mass * lse - dot gave 0 or ulp(1e30)-sized garbage)
+    x = torch.full((3, 5), value)
+    y = torch.tensor([0, 3, 4])
+    got = ce.cross_entropy(x, y, reduction="none", label_smoothing=label_smoothing)
+    torch.testing.assert_close(got, torch.full((3,), math.log(5)), atol=0, rtol=1e-7)
+    q = torch.softmax(torch.randn(3, 5), 1)
+    torch.testing.assert_close(ce.cross_entropy(x, q, reduction="none"),
+                               torch.full((3,), math.log(5)), atol=0, rtol=1e-6)
+
+
+def test_probability_target_on_1e30_rows_is_non_negative_and_pytorchs():
+    g = torch.Generator().manual_seed(13)
+    q = torch.softmax(torch.randn(4, 5, generator=g), 1)
+    x = torch.full((4, 5), 1e30)
+    x[1, 0] = 1.1e30  # one row with a real spread: its loss is ~1e29
+    x[2] = torch.randn(5, generator=g) * 1e30
+    x[3] = -1e30
+    got = ce.cross_entropy(x, q, reduction="none")
+    want = F.cross_entropy(x.to(D), q.to(D), reduction="none")
+    assert (got >= 0).all()
+    torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got, F.cross_entropy(x, q, reduction="none"), rtol=1e-6, atol=1e-6)
+
+
+def test_z_loss_and_statistics_at_a_large_offset():
+    g = torch.Generator().manual_seed(14)
+    x = torch.randn(16, 30, generator=g) + 1e4
+    y = torch.randint(0, 30, (16,), generator=g)
+    got, st = ce.cross_entropy(x, y, reduction="none", z_loss=1e-4, return_stats=True)
+    lse = torch.logsumexp(x.to(D), 1)
+    want = F.cross_entropy(x.to(D), y, reduction="none") + 1e-4 * lse.square()
+    torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=0)
+    torch.testing.assert_close(st.lse.double(), lse, rtol=1e-7, atol=0)
+    logp = torch.log_softmax(x.to(D), 1)
+    torch.testing.assert_close(st.entropy.double(), -(logp.exp() * logp).sum(1), atol=2e-6, rtol=1e-6)
+
+
+def test_focal_and_poly1_at_a_large_offset():
+    g = torch.Generator().manual_seed(15)
+    x = torch.randn(32, 20, generator=g) * 2 + 1e4
+    y = torch.randint(0, 20, (32,), generator=g)
+    logp = torch.log_softmax(x.to(D), 1).gather(1, y[:, None]).squeeze(1)
+    focal = -((1 - logp.exp()) ** 2) * logp
+    torch.testing.assert_close(ce.focal_loss(x, y, reduction="none").double(), focal,
+                               atol=1e-6, rtol=1e-6)
+    poly = -logp + (1 - logp.exp())
+    torch.testing.assert_close(ce.poly1_cross_entropy(x, y, reduction="none").double(), poly,
+                               atol=1e-6, rtol=1e-6)
+
+
+def _dyadic(g, *shape, scale=8):
+    """Small multiples of 1/scale: products and sums of a few stay exact in float32."""
+    return torch.randint(-2 * scale, 2 * scale + 1, shape, generator=g).float() / scale
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=pytest.mark.triton)])
+@pytest.mark.parametrize("opts", [{}, {"label_smoothing": 0.1, "use_weight": True},
+                                  {"vocab_chunk_size": 16, "label_smoothing": 0.1},
+                                  {"vocab_chunk_size": 16, "use_weight": True, "reduction": "none"},
+                                  {"probs": True}, {"probs": True, "vocab_chunk_size": 16}],
+                         ids=["whole", "whole-smoothing-weight", "tiled-smoothing",
+                              "tiled-weight-none", "probs", "probs-tiled"])
+def test_linear_cross_entropy_at_a_large_offset_is_exact(backend, opts):
+    # logits 1e4 + (dyadic x W^T): exactly representable in float32, so any error is
+    # the loss's own; the float64 reference sees the same logits
+    if backend == "triton":
+        pytest.importorskip("triton")
+    opts = dict(opts)
+    g = torch.Generator().manual_seed(16)
+    n, h, v = 7, 6, 40
+    x, w = _dyadic(g, n, h), _dyadic(g, v, h)
+    bias = torch.full((v,), 1e4)
+    weight = torch.rand(v, generator=g) + 0.5 if opts.pop("use_weight", False) else None
+    if opts.pop("probs", False):
+        y = torch.softmax(torch.randn(n, v, generator=g), 1)
+    else:
+        y = torch.randint(0, v, (n,), generator=g)
+    reduction = opts.pop("reduction", "mean")
+    leaves = [x.clone().requires_grad_(), w.clone().requires_grad_()]
+    loss = ce.linear_cross_entropy(*leaves, y, linear_bias=bias, weight=weight, backend=backend,
+                                   reduction=reduction, **opts)
+    got = torch.autograd.grad(loss.sum(), leaves)
+    refs = [x.to(D).requires_grad_(), w.to(D).requires_grad_()]
+    logits = F.linear(refs[0], refs[1], bias.to(D))
+    assert torch.equal(logits.detach().float().double(), logits.detach())  # exact logits
+    want = F.cross_entropy(logits, y.to(D) if y.is_floating_point() else y,
+                           weight=None if weight is None else weight.to(D),
+                           label_smoothing=opts.get("label_smoothing", 0.0), reduction=reduction)
+    assert _max_err(loss, want) <= 2e-6
+    for a, b in zip(got, torch.autograd.grad(want.sum(), refs)):
+        # the tiled gradient is exp(z - lse), lse rounded to ulp(1e4) / 2: 5e-4 relative
+        torch.testing.assert_close(a.double(), b, atol=2e-3, rtol=2e-3)
+
+
+def _offset_features(g, n, d, *, scale=8):
+    """``[100, dyadic]`` rows: scores 1e4 + small, exact in float32 at logit scale 1."""
+    return torch.cat([torch.full((n, 1), 100.0), _dyadic(g, n, d - 1, scale=scale)], 1)
+
+
+@pytest.mark.parametrize("kw", [{}, {"tile_rows": 3, "tile_cols": 4},
+                                pytest.param({"backend": "triton", "tile_rows": 3, "tile_cols": 20},
+                                             marks=pytest.mark.triton)],
+                         ids=["whole", "tiled", "triton"])
+def test_contrastive_losses_at_a_large_offset_are_exact(kw):
+    if kw.get("backend") == "triton":
+        pytest.importorskip("triton")
+    g = torch.Generator().manual_seed(17)
+    img, txt = _offset_features(g, 9, 5), _offset_features(g, 9, 5)
+    z = img.to(D) @ txt.to(D).T
+    assert torch.equal(z.float().double(), z) and z.min() > 9e3
+    got = ce.clip_loss(img, txt, 1.0, **kw)
+    want = (F.cross_entropy(z, torch.arange(9)) + F.cross_entropy(z.T, torch.arange(9))) / 2
+    assert _max_err(got, want) <= 2e-6
+    got = ce.info_nce(img, txt, temperature=1.0, normalize=False, **kw)
+    assert _max_err(got, F.cross_entropy(z, torch.arange(9))) <= 2e-6
+    # SupCon's several positives: mass * (lse - m) - sum_p (z_p - m)
+    feats = _offset_features(g, 8, 5)
+    labels = torch.tensor([0, 1, 0, 1, 2, 2, 0, 3])
+    zz = feats.to(D) @ feats.to(D).T
+    zz.fill_diagonal_(-math.inf)
+    logp = torch.log_softmax(zz, 1)
+    pos = (labels[:, None] == labels[None, :]) & ~torch.eye(8, dtype=torch.bool)
+    per = -torch.where(pos, logp, 0.0).sum(1) / pos.sum(1).clamp(min=1)
+    got = _supcon_unnormalised(feats, labels, **kw)
+    assert _max_err(got, per.mean()) <= 2e-6
+
+
+def _supcon_unnormalised(feats, labels, **kw):
+    """supcon_loss normalises its features; its statistics on the raw ones (the loss's
+    last step) come from the same engine: crossent.contrastive with normalisation off."""
+    from crossent.contrastive import engine
+    from crossent.contrastive import problem as C
+
+    prob = C.Problem("softmax", feats, feats, labels=labels.long(), self_offset=0)
+    count = C.positive_counts(prob.labels, prob.labels, prob.acc)
+    target = prob.row_target(0, count)
+    blk = prob.block(target, 0, 0, feats.shape[0])
+    opts = C.Options(**{k: v for k, v in kw.items() if k in ("tile_rows", "tile_cols")})
+    backend = kw.get("backend", "torch")
+    st = engine.similarity_statistics(feats, feats, torch.tensor(1.0), None, blk,
+                                   opts.plan(feats.shape[0], feats.shape[0]), backend)
+    from crossent.core.stats import cross_entropy_rows
+
+    return cross_entropy_rows(st.row_agg, st.row_dot, target.mass, target.count > 0).mean()
+
+
+def test_clip_all_pairs_opposite_is_log_2_to_the_last_bit():
+    u = _unit(1, 16, 3).float()
+    loss = ce.clip_loss(torch.cat([u, u]), torch.cat([-u, -u]), 100.0)
+    assert abs(loss.item() - math.log(2)) <= 1e-7
+
+
+def test_merged_relative_sums_equal_whole_row_ones_at_any_offset():
+    # tiles with different maxima: the target sums move to the merged max exactly
+    from crossent.core.targets import ClassIndexTarget, ClassProbTarget
+
+    g = torch.Generator().manual_seed(18)
+    z = torch.randn(6, 40, generator=g, dtype=D) * 3 + 1e6
+    z[1, :20] -= 500.0  # the first tiles far below the row max
+    z[2, 30:] = -math.inf
+    y = torch.randint(0, 40, (6,), generator=g)
+    q = torch.softmax(torch.randn(6, 40, generator=g, dtype=D), 1)
+    targets = [ClassIndexTarget.build(y, 40, weight=torch.rand(40, generator=g, dtype=D) + 0.5,
+                                      ignore_index=-100, label_smoothing=0.2, dtype=D),
+               ClassProbTarget.build(q, weight=None, label_smoothing=0.1, dtype=D)]
+    for t in targets:
+        tt = torch.stack([t.tile(0, 40)[i] for i in range(6)]) if isinstance(t, ClassProbTarget) \
+            else None
+        if tt is None:
+            tt = torch.full((6, 40), 0.0, dtype=D)
+            tt += 0.2 / 40 * t.weight
+            tt[torch.arange(6), y] += 0.8 * t.weight[y]
+        for bounds in ([0, 40], [0, 7, 20, 33, 40]):
+            parts = [_stats.tile_stats_(z[:, a:b].clone(), t, a, entropy=True)
+                     for a, b in zip(bounds, bounds[1:])]
+            st = parts[0]
+            for p in parts[1:]:
+                st = _stats.merge(st, p)
+            m = z.amax(1, keepdim=True)
+            finite = torch.isfinite(z)
+            want_dot = torch.where(finite, tt * (z - m), 0.0).sum(1)
+            torch.testing.assert_close(st.dot[[0, 1, 3, 4, 5]], want_dot[[0, 1, 3, 4, 5]],
+                                       rtol=1e-12, atol=1e-9)
+            torch.testing.assert_close(st.mass, tt.sum(1), rtol=1e-12, atol=0)
+            torch.testing.assert_close(_stats.shifted_logsumexp(st), torch.logsumexp(z - m, 1))
+            logp = torch.log_softmax(z, 1)
+            ent = -torch.where(finite, logp.exp() * logp, 0.0).sum(1)
+            torch.testing.assert_close(_stats.entropy(st), ent, rtol=1e-9, atol=1e-9)
+
+
+def _offset_ranks_job(rank, world_size, data):
+    """Class-parallel cross-entropy (given logits and fused linear) and CLIP across ranks,
+    at scores of 1e4; float32 inputs whose values the float64 oracle shares."""
+    import torch.distributed as dist
+
+    group = dist.group.WORLD
+    out = {}
+    split = data["split"]
+    start = sum(split[:rank])
+    sl = slice(start, start + split[rank])
+    for name, kw in data["ce_cases"]:
+        kw = dict(kw)
+        x = data["logits"][:, sl].clone().requires_grad_()
+        target = data["q"][:, sl] if kw.pop("probs", False) else data["y"]
+        if "weight" in kw:
+            kw["weight"] = kw["weight"][sl]
+        loss = ce.cross_entropy(x, target, group=group, reduction="none", **kw)
+        loss.sum().backward()
+        out[name] = (loss.detach(), x.grad)
+    x = data["x"].clone().requires_grad_()
+    w = data["w"][sl].clone().requires_grad_()
+    for tiles in ({}, {"vocab_chunk_size": 3, "token_chunk_size": 4}):
+        loss = ce.linear_cross_entropy(x, w, data["y"], linear_bias=data["b"][sl], group=group,
+                                       label_smoothing=0.1, reduction="none", **tiles)
+        out["linear" + str(len(tiles))] = loss.detach()
+    rows = data["rows"]
+    r0 = sum(rows[:rank])
+    rs = slice(r0, r0 + rows[rank])
+    for design in ("gather", "ring"):
+        out["clip_" + design] = ce.clip_loss(data["img"][rs], data["txt"][rs], 1.0, group=group,
+                                             design=design, tile_rows=2, tile_cols=3).detach()
+    return out
+
+
+def test_across_ranks_at_a_large_offset_is_exact(rank_pool):
+    g = torch.Generator().manual_seed(19)
+    n, c, h = 9, 11, 5
+    weight = torch.rand(c, generator=g) + 0.5
+    data = {
+        "split": [4, 7], "rows": [4, 5],
+        "logits": torch.randn(n, c, generator=g) * 3 + 1e4,
+        "y": torch.randint(0, c, (n,), generator=g),
+        "q": torch.softmax(torch.randn(n, c, generator=g), 1),
+        "ce_cases": [("index", {}), ("smoothing_weight", {"label_smoothing": 0.1, "weight": weight}),
+                     ("probs", {"probs": True})],
+        "x": _dyadic(g, n, h), "w": _dyadic(g, c, h), "b": torch.full((c,), 1e4),
+        "img": _offset_features(g, 9, 5), "txt": _offset_features(g, 9, 5),
+    }
+    results = rank_pool(2).run(_offset_ranks_job, data, timeout=300)
+    z = data["logits"].to(D)
+    split = data["split"]
+    for name, kw in data["ce_cases"]:
+        kw = dict(kw)
+        target = data["q"].to(D) if kw.pop("probs", False) else data["y"]
+        if "weight" in kw:
+            kw["weight"] = kw["weight"].to(D)
+        leaf = z.clone().requires_grad_()
+        want = F.cross_entropy(leaf, target, reduction="none", **kw)
+        want.sum().backward()
+        for rank, res in enumerate(results):
+            loss, grad = res[name]
+            assert _max_err(loss, want) <= 5e-6, name  # mass * lse - dot: 5e-4
+            start = sum(split[:rank])
+            torch.testing.assert_close(grad.double(), leaf.grad[:, start:start + split[rank]],
+                                       atol=1e-6, rtol=1e-5)
+    logits = F.linear(data["x"].to(D), data["w"].to(D), data["b"].to(D))
+    want = F.cross_entropy(logits, data["y"], label_smoothing=0.1, reduction="none")
+    zc = data["img"].to(D) @ data["txt"].to(D).T
+    clip = (F.cross_entropy(zc, torch.arange(9)) + F.cross_entropy(zc.T, torch.arange(9))) / 2
+    for res in results:
+        for key in ("linear0", "linear2"):
+            assert _max_err(res[key], want) <= 5e-6, key
+        for key in ("clip_gather", "clip_ring"):
+            assert _max_err(res[key], clip) <= 2e-6, key
+
+
+def test_distillation_with_a_masked_teacher_class_is_finite():
+    # the teacher's entropy sum_c q log q with q = 0 where its logit is -inf: 0 log 0 = 0
+    g = torch.Generator().manual_seed(20)
+    s = torch.randn(3, 5, generator=g, dtype=D, requires_grad=True)
+    t = torch.randn(3, 5, generator=g, dtype=D)
+    t[:, 4] = -math.inf
+    loss = ce.distillation_loss(s, t, temperature=2.0)
+    loss.backward()
+    q = torch.softmax(t / 2.0, 1)
+    log_p = torch.log_softmax(s.detach() / 2.0, 1)
+    kl = torch.where(q > 0, q * (torch.log(q) - log_p), 0.0).sum(1)
+    torch.testing.assert_close(loss.detach(), 4.0 * kl.mean())
+    assert torch.isfinite(s.grad).all()

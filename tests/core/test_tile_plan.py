@@ -133,8 +133,6 @@ def test_pinned_row_chunks():
     assert chunk_rows(10, 32000, "rows", "cuda") == 10
     assert chunk_rows(4096, 1 << 21, "rows", "cpu") == 1  # a row wider than the budget
     assert chunk_rows(4096, 32000, "rows", torch.device("meta")) == 32  # not CUDA: CPU's
-    # target scores recomputed from x and W: 1 << 22 floats: 4096 rows of H = 1024
-    assert chunk_rows(10000, 1024, "target_scores", "cpu") == 4096
     # weight-norm passes: 65536 rows whatever D
     assert chunk_rows(200000, 1, "weight_norms", "cuda") == 65536
     assert list(row_chunks(10, 3, "rows")) == [(0, 10)]

@@ -36,12 +36,19 @@ __all__ = ["Statistics", "similarity_statistics", "backend_module", "refuse_doub
 
 
 class Statistics(NamedTuple):
-    """Row and column statistics, in the accumulation dtype."""
+    """Differentiable statistics of rows and columns, in the accumulation dtype. For the
+    softmax aggregate they are relative to each row's (column's) max ``r``: ``agg = lse -
+    r`` and ``dot = sum_j t_j (z_j - r)`` (:mod:`crossent.core.stats`), so ``agg - dot``
+    and ``mass * agg - dot`` keep their digits at any magnitude of the scores."""
 
-    row_agg: torch.Tensor  # (n,) lse (softmax) or sum of softplus (sigmoid); empty if unwanted
+    row_agg: torch.Tensor  # (n,) lse - r (softmax) or sum of softplus (sigmoid); empty if unwanted
     row_dot: torch.Tensor  # (n,)
     col_agg: torch.Tensor  # (m,)
     col_dot: torch.Tensor  # (m,)
+    # the columns' shift r and target mass (no gradient): what a merge of partial column
+    # statistics across ranks needs (crossent.contrastive.sharded.merge_columns)
+    col_shift: torch.Tensor | None = None
+    col_mass: torch.Tensor | None = None
 
 
 def backend_module(backend: str):
@@ -80,11 +87,17 @@ class _BlockFunction(torch.autograd.Function):
 
         def out(t):
             return a.new_empty(0, dtype=acc) if t is None else t
-        return (out(row_value), out(row_state[2] if blk.rows else None),
-                out(col_value), out(col_state[2] if blk.cols else None))
+        # the losses see the statistics relative to the max (the gradient is the same:
+        # the shift is a constant); the columns' shift and mass, for a merge across ranks
+        row_agg, row_dot = agg.loss_terms(row_state) if blk.rows else (None, None)
+        col_agg, col_dot = agg.loss_terms(col_state) if blk.cols else (None, None)
+        col_shift = out(agg.shift(col_state) if blk.cols else None)
+        col_mass = out(col_state[3] if blk.cols else None)
+        ctx.mark_non_differentiable(col_shift, col_mass)
+        return (out(row_agg), out(row_dot), out(col_agg), out(col_dot), col_shift, col_mass)
 
     @staticmethod
-    def backward(ctx, g_row, g_row_dot, g_col, g_col_dot):
+    def backward(ctx, g_row, g_row_dot, g_col, g_col_dot, _g_col_shift, _g_col_mass):
         refuse_double_backward(ctx.context)
         a, b, scale, bias, row_value, col_value = ctx.saved_tensors
         blk: sim.Block = ctx.blk

@@ -140,28 +140,34 @@ def _gather(context, prob, scale, bias, target, lay: _Layout, opts) -> Statistic
     if not prob.cols:
         return stats
     start, size = lay.col_starts[lay.rank], lay.col_sizes[lay.rank]
-    col_agg, col_dot = merge_columns(stats.col_agg, stats.col_dot, group)
+    col_agg, col_dot = merge_columns(stats.col_agg, stats.col_dot, group,
+                                     shift=stats.col_shift, mass=stats.col_mass)
     return Statistics(stats.row_agg, stats.row_dot, col_agg[start:start + size],
-                      col_dot[start:start + size])
+                          col_dot[start:start + size])
 
 
-def merge_columns(partial_lse: torch.Tensor, partial_dot: torch.Tensor, group):
+def merge_columns(partial_lse: torch.Tensor, partial_dot: torch.Tensor, group, *,
+                  shift: torch.Tensor | None = None, mass: torch.Tensor | None = None):
     """Columns' log-sum-exp and target dot over all ranks' rows, differentiably.
 
-    Every rank holds the columns' statistics over its own rows (``lse_r``, ``dot_r``); the
-    merge is :func:`crossent.core.collectives.merge_row_stats` (the tile merge, one
-    all-gather, the same bits on every rank), its gradient
+    ``partial_lse`` and ``partial_dot`` are relative to each rank's per-column ``shift``
+    (its max; None: 0, absolute values), ``mass`` the rank's part of the target mass;
+    the result is relative to the merged max ``S`` (as
+    :class:`crossent.contrastive.engine.Statistics`). The value is the exact merge
+    (:func:`crossent.core.collectives.merge_row_stats`: the tile merge, one all-gather,
+    the same bits on every rank); the gradient is
     :func:`crossent.core.collectives.with_merge_gradient` under the data-parallel
-    convention (``d lse / d lse_r = exp(lse_r - lse)``, one all-reduce of ``(2, N)`` in
-    the backward)::
+    convention (one all-reduce of ``(2, N)`` in the backward)::
 
-        lse_j = log sum_r exp(lse_rj),   dot_j = sum_r dot_rj
+        lse_j = log sum_r exp(lse_rj + s_rj - S_j),   dot_j = sum_r dot_rj + mass_rj (s_rj - S_j)
     """
-    state = _stats.RowStats(partial_lse.detach(), torch.ones_like(partial_lse),
-                            partial_dot.detach(), None, None)
+    shift = torch.zeros_like(partial_lse) if shift is None else shift.detach()
+    state = _stats.state_from_lse(shift, partial_lse.detach(), partial_dot.detach(),
+                                  None if mass is None else mass.detach())
     merged, _ = D.merge_row_stats(state, group)
-    return D.with_merge_gradient(partial_lse, _stats.logsumexp(merged), group,
+    return D.with_merge_gradient(partial_lse, _stats.shifted_logsumexp(merged), group,
                                  parts=(partial_dot,), sums=(merged.dot,),
+                                 delta=shift - _stats.reference(merged),
                                  convention=D.DATA_PARALLEL)
 
 
@@ -249,7 +255,10 @@ class _RingFunction(torch.autograd.Function):
         ctx.save_for_backward(a, b, scale, bias, row_value, col_value)
         ctx.prob, ctx.target, ctx.labels, ctx.lay, ctx.opts = prob, target, labels, lay, opts
         ctx.backend, ctx.context = backend, context
-        return row_value, row_state[2], col_value, col_state[2] if prob.cols else empty
+        # the losses see the statistics relative to the max (sim.Statistics)
+        row_agg, row_dot = agg.loss_terms(row_state)
+        col_agg, col_dot = agg.loss_terms(col_state) if prob.cols else (empty, empty)
+        return row_agg, row_dot, col_agg, col_dot
 
     @staticmethod
     def backward(ctx, g_row, g_row_dot, g_col, g_col_dot):

@@ -841,7 +841,10 @@ def merge_row_stats(stats: _stats.RowStats, group, *, col_offset: int = 0,
     is local (``col_offset`` is added). ``sums``: more tensors (any shape, the same on
     every rank) to be summed across ranks, e.g. partial target masses.
 
-    One all-gather of the packed bytes (about ``(3 + 2 + len(sums)) * N`` numbers); then
+    With ``stats.mass`` (``dot`` and ``zexp`` relative to the max, :mod:`crossent.core.stats`)
+    the masses travel too and the merged state has the total mass.
+
+    One all-gather of the packed bytes (about ``(3 + 3 + len(sums)) * N`` numbers); then
     every rank folds the ``W`` states in rank order with :func:`crossent.core.stats.merge`,
     exactly as tiles are merged, so the result has the same bits on every rank and the
     argmax ties go to the lowest global index. No autograd (the chain rule of the merge,
@@ -880,6 +883,8 @@ def merge_row_stats(stats: _stats.RowStats, group, *, col_offset: int = 0,
         local.append(stats.zexp)
     if stats.argmax is not None:
         local.append(stats.argmax.to(torch.int64) + col_offset)
+    if stats.mass is not None:  # the dot relative to the max moves with the merged max
+        local.append(stats.mass)
     local.extend(sums)
     parts = _raw_all_gather(_pack(local), group)
     merged, totals = None, None
@@ -889,7 +894,8 @@ def merge_row_stats(stats: _stats.RowStats, group, *, col_offset: int = 0,
         rest = vals[3:]
         zexp = rest.pop(0) if stats.zexp is not None else None
         best = rest.pop(0) if stats.argmax is not None else None
-        state = _stats.RowStats(row_max, sumexp, dot, zexp, best)
+        mass = rest.pop(0) if stats.mass is not None else None
+        state = _stats.RowStats(row_max, sumexp, dot, zexp, best, mass)
         merged = state if merged is None else _stats.merge(merged, state)
         totals = rest if totals is None else [t + r for t, r in zip(totals, rest)]
     return merged, list(totals)
@@ -907,26 +913,33 @@ class _MergeGradient(torch.autograd.Function):
     ``(lse_r, *parts)``."""
 
     @staticmethod
-    def forward(ctx, group, convention, lse_r, lse, *pairs):
+    def forward(ctx, group, convention, lse_r, lse, delta, *pairs):
         k = len(pairs) // 2
         ctx.group, ctx.convention, ctx.k = group, convention, k
-        ctx.save_for_backward(lse_r, lse)
+        ctx.save_for_backward(lse_r, lse, delta)
         return (lse.clone(),) + tuple(t.clone() for t in pairs[k:])
 
     @staticmethod
     def backward(ctx, *grads):
-        lse_r, lse = ctx.saved_tensors
+        lse_r, lse, delta = ctx.saved_tensors
         grads = list(grads)
         if ctx.convention == DATA_PARALLEL:  # sum over ranks of every rank's cotangent
             flat = _raw_all_reduce(torch.cat([g.reshape(-1) for g in grads]), ctx.group)
             grads = [part.view_as(g) for part, g in
                      zip(torch.split(flat, [g.numel() for g in grads]), grads)]
-        g_lse = grads[0] * _lse_share(lse_r, lse)
-        return (None, None, g_lse, None) + tuple(grads[1:]) + (None,) * ctx.k
+        g_parts = grads[1:]
+        if delta is None:
+            g_lse = grads[0] * _lse_share(lse_r, lse)
+        else:  # relative statistics: lse_r + delta_r on the merged reference, dot moved
+            g_lse = grads[0] * _lse_share(lse_r + delta, lse)
+            if len(g_parts) > 1:  # d dot / d mass_r = delta_r
+                g_parts[1] = g_parts[1] + g_parts[0] * delta
+        return (None, None, g_lse, None, None) + tuple(g_parts) + (None,) * ctx.k
 
 
 def with_merge_gradient(lse_local: torch.Tensor, lse: torch.Tensor, group, *,
                         parts: Sequence[torch.Tensor] = (), sums: Sequence[torch.Tensor] = (),
+                        delta: torch.Tensor | None = None,
                         convention: str = DATA_PARALLEL) -> tuple[torch.Tensor, ...]:
     """The cross-rank log-sum-exp merge, differentiable (the chain rule of merge_row_stats).
 
@@ -936,10 +949,19 @@ def with_merge_gradient(lse_local: torch.Tensor, lse: torch.Tensor, group, *,
         lse = log sum_r exp(lse_r)       d lse / d lse_r = exp(lse_r - lse)   (0 if lse = -inf)
         s   = sum_r s_r                  d s / d s_r = 1
 
+    With ``delta`` the statistics are relative (:mod:`crossent.core.stats`): ``lse_local``
+    and ``parts[0]`` (a target dot) to this rank's reference ``r_r``, ``lse`` and
+    ``sums[0]`` to the merged one ``R``, ``delta = r_r - R`` (a constant), and
+    ``parts[1]``, when given, is the mass that moves the dot::
+
+        lse = log sum_r exp(lse_r + delta_r)     d lse / d lse_r = exp(lse_r + delta_r - lse)
+        dot = sum_r dot_r + mass_r delta_r       d dot / d mass_r = delta_r
+
     Args:
         lse_local: ``(N,)`` this rank's log-sum-exp ``lse_r``; ``lse``: the merged one.
         parts / sums: tensors summed across ranks (e.g. the target dot, the target mass):
             this rank's parts and the merged sums, pairwise of equal shapes.
+        delta: ``(N,)`` ``r_r - R`` for relative statistics (see above), or None.
         convention: ``'data_parallel'`` (each rank's graph holds its own copy of the loss:
             the cotangents are all-reduced, one all-reduce in the backward) or
             ``'tensor_parallel'`` (the loss once, the same cotangent on every rank: no
@@ -965,7 +987,9 @@ def with_merge_gradient(lse_local: torch.Tensor, lse: torch.Tensor, group, *,
     _check_convention(convention)
     if len(parts) != len(sums):
         raise ArgumentError(f"parts and sums must pair up, got {len(parts)} and {len(sums)}")
-    return _MergeGradient.apply(group, convention, lse_local, lse, *parts, *sums)
+    if delta is not None:
+        delta = delta.detach()
+    return _MergeGradient.apply(group, convention, lse_local, lse, delta, *parts, *sums)
 
 
 # ------------------------------------------------------------------------ ring

@@ -243,7 +243,9 @@ def distillation_loss(
         )
     log_q = torch.log_softmax(teacher_logits.detach().to(acc) / temperature, dim=1)
     q = log_q.exp()
-    teacher_entropy = -(q * log_q).sum(1)
+    # 0 log 0 = 0: a teacher logit of -inf (a masked class) has q = 0 and log q = -inf
+    teacher_entropy = -torch.where(q > 0, q * log_q, torch.zeros((), dtype=acc,
+                                                                  device=q.device)).sum(1)
     cross = cross_entropy(student_logits, q, reduction="none", logit_scale=1.0 / temperature)
     soft = temperature**2 * (cross - teacher_entropy)
     if target is None:

@@ -422,7 +422,7 @@ def _local_statistics(input, target, weight, args: CrossEntropyArgs, return_stat
             transform=args.transform, entropy=return_stats, argmax=return_stats,
         )
         denominator = torch.tensor(
-            float(to_rows(input).shape[0]), dtype=stats.lse.dtype, device=input.device
+            float(to_rows(input).shape[0]), dtype=stats.mass.dtype, device=input.device
         )
         return stats, None, denominator
     _checks.check_index_bounds(target, args.num_classes, args.ignore_index)
@@ -438,8 +438,10 @@ def _local_statistics(input, target, weight, args: CrossEntropyArgs, return_stat
 
 def finish_cross_entropy(stats, valid, denominator, args: CrossEntropyArgs, all_ignored: str,
                          return_stats: bool):
-    """Loss (and :class:`CrossEntropyStats`) from per-row ``lse``/``dot``/``mass``."""
-    row_loss = cross_entropy_rows(stats.lse, stats.dot, stats.mass, valid, args.z_loss)
+    """Loss (and :class:`CrossEntropyStats`) from per-row statistics relative to their
+    shift (:class:`crossent.core.statistics.SoftmaxStatistics`)."""
+    row_loss = cross_entropy_rows(stats.lse_shifted, stats.dot_shifted, stats.mass, valid,
+                                  args.z_loss, shift=stats.shift)
     loss = reduce_rows(row_loss.reshape(args.row_shape), args.reduction, denominator,
                        all_ignored=all_ignored)
     if args.out_dtype is not None and loss.dtype != args.out_dtype:

@@ -20,6 +20,9 @@ same bits on every rank::
     lse = log sum_r exp(lse_r),   dot = sum_r dot_r,   s = sum_r s_r
     loss_i = s_i lse_i - dot_i + z_loss lse_i^2          (reduced as without group)
 
+(carried relative to the row maxima, each shard's then the global one, so that the loss
+keeps its digits at any magnitude of the logits: :mod:`crossent.core.stats`).
+
 Gradients (tensor-parallel convention, see :mod:`crossent.distributed`): the objective is
 ``L`` once. ``d lse / d lse_r = exp(lse_r - lse)``, so the local logits get
 ``dL/dlse * softmax_global - dL/ddot * t`` on their own columns, no communication. For the
@@ -54,7 +57,7 @@ from . import checks as _checks
 from . import collectives as D
 from . import stats as _stats
 from .reduction import accumulation_dtype
-from .statistics import softmax_statistics, to_rows
+from .statistics import SoftmaxStatistics, softmax_statistics
 from .targets import ClassIndexTarget
 
 __all__ = ["parallel_cross_entropy"]
@@ -112,49 +115,37 @@ def shard_index_target(context: str, target: torch.Tensor, shards: Shards, group
 # ----------------------------------------------------------------- the merge
 
 
-def _local_state(lse, dot, entropy, argmax, best_score) -> _stats.RowStats:
-    """A :class:`~crossent.core.stats.RowStats` state of this shard from its ``lse`` (and,
-    for ``return_stats``, its entropy, argmax and the score at the argmax).
-
-    ``(max, sumexp) = (m, exp(lse - m))`` is valid for any finite ``m`` (``m + log l =
-    lse``); the true row max ``m`` is needed for the argmax comparison across shards, and
-    ``zexp / sumexp = lse - entropy`` (the mean score under the shard's softmax).
-    """
-    if argmax is None:
-        return _stats.RowStats(lse, torch.ones_like(lse), dot, None, None)
-    finite = best_score > -torch.inf
-    zero = torch.zeros((), dtype=lse.dtype, device=lse.device)
-    safe_m = torch.where(finite, best_score, zero)
-    sumexp = torch.where(finite, torch.exp(lse - safe_m), zero)
-    zexp = None if entropy is None else torch.where(finite, (lse - entropy) * sumexp, zero)
-    return _stats.RowStats(best_score, sumexp, dot, zexp, argmax)
-
-
 @dataclasses.dataclass
 class Merged:
-    """The whole problem's per-row statistics (and the 'mean' denominator)."""
+    """The whole problem's per-row statistics (and the 'mean' denominator); ``lse_shifted``
+    and ``dot`` are relative to ``shift``, the global row max (:mod:`crossent.core.stats`)."""
 
     lse: torch.Tensor
+    lse_shifted: torch.Tensor
     dot: torch.Tensor
+    shift: torch.Tensor
     mass: torch.Tensor
     denominator: torch.Tensor | None
     entropy: torch.Tensor | None
     argmax: torch.Tensor | None
 
 
-def merge_shards(group, shards: Shards, *, lse, dot, mass, denominator=None, entropy=None,
-                 argmax=None, best_score=None) -> Merged:
+def merge_shards(group, shards: Shards, *, shift, lse, dot, mass, denominator=None, entropy=None,
+                 argmax=None) -> Merged:
     """Every rank's shard statistics merged (no autograd): one all-gather.
 
-    ``mass`` (and ``denominator`` when given) are this shard's parts, summed across ranks.
+    ``lse`` and ``dot`` are relative to this shard's row max ``shift``; ``mass`` (and
+    ``denominator`` when given) are this shard's parts, summed across ranks.
     """
-    state = _local_state(lse.detach(), dot.detach(), entropy, argmax, best_score)
-    sums = [mass.detach()] + ([denominator.detach().reshape(1)] if denominator is not None else [])
+    state = _stats.state_from_lse(shift.detach(), lse.detach(), dot.detach(), mass.detach(),
+                                  entropy, argmax)
+    sums = [denominator.detach().reshape(1)] if denominator is not None else []
     merged, totals = D.merge_row_stats(state, group, col_offset=shards.offset, sums=sums)
-    g_lse = _stats.logsumexp(merged)
     return Merged(
-        g_lse, merged.dot, totals[0], totals[1].reshape(()) if denominator is not None else None,
-        _stats.entropy(merged, g_lse) if entropy is not None else None, merged.argmax,
+        _stats.logsumexp(merged), _stats.shifted_logsumexp(merged), merged.dot,
+        _stats.reference(merged), merged.mass,
+        totals[0].reshape(()) if denominator is not None else None,
+        _stats.entropy(merged) if entropy is not None else None, merged.argmax,
     )
 
 
@@ -199,18 +190,13 @@ def parallel_cross_entropy(input, target, weight, validate, *, return_stats: boo
         stats = softmax_statistics(input, spec, transform=args.transform, entropy=return_stats,
                                    argmax=return_stats)
         valid, denominator = spec.valid, spec.mean_denominator()
-    extra = {}
-    if return_stats:
-        picked = to_rows(input).gather(1, stats.argmax.unsqueeze(1)).squeeze(1)
-        extra = dict(entropy=stats.entropy, argmax=stats.argmax,
-                     best_score=args.transform.apply(picked, acc))
-    m = merge_shards(group, shards, lse=stats.lse, dot=stats.dot, mass=stats.mass,
-                     denominator=denominator, **extra)
-    lse, dot, mass = D.with_merge_gradient(stats.lse, m.lse, group, parts=(stats.dot, stats.mass),
-                                           sums=(m.dot, m.mass), convention=D.TENSOR_PARALLEL)
+    extra = dict(entropy=stats.entropy, argmax=stats.argmax) if return_stats else {}
+    m = merge_shards(group, shards, shift=stats.shift, lse=stats.lse_shifted,
+                     dot=stats.dot_shifted, mass=stats.mass, denominator=denominator, **extra)
+    lse, dot, mass = D.with_merge_gradient(
+        stats.lse_shifted, m.lse_shifted, group, parts=(stats.dot_shifted, stats.mass),
+        sums=(m.dot, m.mass), delta=stats.shift - m.shift, convention=D.TENSOR_PARALLEL)
     if args.probs:  # 'mean' over rows, as without group
         m.denominator = torch.tensor(float(lse.shape[0]), dtype=lse.dtype, device=lse.device)
-    merged = stats._replace(lse=lse, dot=dot, mass=mass, entropy=m.entropy, argmax=m.argmax)
+    merged = SoftmaxStatistics(lse, dot, mass, m.entropy, m.argmax, m.shift)
     return merged, valid, m.denominator, args
-
-

@@ -2,10 +2,11 @@
 
 :func:`softmax_statistics` turns logits and a target into per-row tensors::
 
-    lse_i  = logsumexp_c(z_ic)           differentiable
-    dot_i  = sum_c t_ic z_ic             differentiable
-    mass_i = sum_c t_ic                  differentiable (w.r.t. probability targets)
-    entropy_i, argmax_i                  monitoring only (no gradient)
+    shift_i       = max_c z_ic (0 for a row of -inf)     no gradient (a constant)
+    lse_shifted_i = logsumexp_c(z_ic) - shift_i            differentiable
+    dot_shifted_i = sum_c t_ic (z_ic - shift_i)            differentiable
+    mass_i        = sum_c t_ic                  differentiable (w.r.t. probability targets)
+    entropy_i, argmax_i                         monitoring only (no gradient)
 
 where ``z = softcap(logit_scale * input)`` (``softcap(x) = cap * tanh(x / cap)``,
 Gemma 2; identity when ``cap`` is None) and ``t`` is the target distribution of
@@ -15,8 +16,14 @@ formulas while this function supplies the ``N x C`` part of the chain rule::
 
     dL/dz_ic = dL/dlse_i * softmax(z_i)_c + dL/ddot_i * t_ic
 
+(the same for the shifted statistics: the shift is held constant). The loss is carried
+relative to the shift, ``mass * lse_shifted - dot_shifted``, a sum of non-negative terms:
+``lse`` and ``dot`` themselves grow with the scores and their difference would lose
+``ulp(lse)`` (:mod:`crossent.core.stats`). :attr:`SoftmaxStatistics.lse` and
+:attr:`~SoftmaxStatistics.dot` give the absolute values where they are wanted.
+
 The backward keeps only the caller's logits (and probability target) and the ``(n,)``
-log-sum-exp: no ``N x C`` buffer is saved, unlike PyTorch's ``log_softmax`` output.
+shift: no ``N x C`` buffer is saved, unlike PyTorch's ``log_softmax`` output.
 Work is done in row chunks in float32 (float64 for float64 inputs), so half inputs
 never accumulate in half precision and temporaries stay bounded (chunks of the ``"rows"``
 budget of :data:`crossent.core.tiles.BUDGETS`: :func:`crossent.core.tiles.row_chunks`).
@@ -95,11 +102,22 @@ class ScoreTransform:
 
 
 class SoftmaxStatistics(NamedTuple):
-    lse: torch.Tensor
-    dot: torch.Tensor
+    lse_shifted: torch.Tensor  # logsumexp - shift
+    dot_shifted: torch.Tensor  # sum_c t_c (z_c - shift)
     mass: torch.Tensor
     entropy: torch.Tensor | None
     argmax: torch.Tensor | None
+    shift: torch.Tensor  # the row max (0 where -inf), no gradient
+
+    @property
+    def lse(self) -> torch.Tensor:
+        """The log-sum-exp itself (rounded to ``ulp(lse)``)."""
+        return self.lse_shifted + self.shift
+
+    @property
+    def dot(self) -> torch.Tensor:
+        """``sum_c t_c z_c`` itself (rounded to its magnitude)."""
+        return self.dot_shifted + self.mass * self.shift
 
 
 def _softmax_into(z: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
@@ -145,6 +163,7 @@ class _SoftmaxStatisticsFunction(torch.autograd.Function):
 
         lse = torch.empty(num_rows, dtype=acc, device=input.device)
         dot = torch.empty_like(lse)
+        shift = torch.empty_like(lse)
         entropy = torch.empty_like(lse) if want_entropy else lse.new_empty(0)
         argmax = torch.empty(num_rows if want_argmax else 0, dtype=torch.int64, device=input.device)
         copied = not (transform.identity and rows.dtype == acc)
@@ -156,40 +175,41 @@ class _SoftmaxStatisticsFunction(torch.autograd.Function):
         for start, end in row_chunks(*rows.shape, "rows", rows.device):
             z = transform.apply(rows[start:end], acc, out=scores)
             if plain:
-                dot[start:end] = target.rows(start, end).dot(z)  # before z is overwritten
-                lse[start:end] = _stats.row_logsumexp(z, z if copied else scratch[: end - start])
-                continue
-            stats = _stats.tile_stats(
-                z, target.rows(start, end), entropy=want_entropy, argmax=want_argmax
-            )
-            lse[start:end] = _stats.logsumexp(stats)
+                stats = _stats.row_stats_(z, target.rows(start, end),
+                                          z if copied else scratch[: end - start])
+            else:
+                stats = _stats.tile_stats(
+                    z, target.rows(start, end), entropy=want_entropy, argmax=want_argmax
+                )
+            lse[start:end] = _stats.shifted_logsumexp(stats)
             dot[start:end] = stats.dot
+            shift[start:end] = _stats.reference(stats)
             if want_entropy:
-                entropy[start:end] = _stats.entropy(stats, lse[start:end])
+                entropy[start:end] = _stats.entropy(stats)
             if want_argmax:
                 argmax[start:end] = stats.argmax
         mass = target.mass.clone()
 
-        ctx.save_for_backward(input, probs, lse)
+        ctx.save_for_backward(input, probs, shift)
         ctx.index_target = index_target
         ctx.prob_spec = prob_spec
         ctx.transform = transform
-        ctx.mark_non_differentiable(entropy, argmax)
-        return lse, dot, mass, entropy, argmax
+        ctx.mark_non_differentiable(entropy, argmax, shift)
+        return lse, dot, mass, entropy, argmax, shift
 
     @staticmethod
-    def backward(ctx, grad_lse, grad_dot, grad_mass, _grad_entropy, _grad_argmax):
+    def backward(ctx, grad_lse, grad_dot, grad_mass, _grad_entropy, _grad_argmax, _grad_shift):
         refuse_double_backward(
             "crossent.cross_entropy (and focal_loss, poly1_cross_entropy and the other losses "
             "built on its softmax statistics)",
             "For a gradient of the gradient, use torch.nn.functional.cross_entropy / "
             "log_softmax on the logits.")
-        input, probs, lse = ctx.saved_tensors
+        input, probs, shift = ctx.saved_tensors
         need_input, need_probs = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         rows = to_rows(input)
         num_rows, num_classes = rows.shape
-        acc = lse.dtype
-        zeros = torch.zeros_like(lse)
+        acc = shift.dtype
+        zeros = torch.zeros_like(shift)
         grad_lse = zeros if grad_lse is None else grad_lse.to(acc)
         grad_dot = zeros if grad_dot is None else grad_dot.to(acc)
         grad_mass = zeros if grad_mass is None else grad_mass.to(acc)
@@ -221,7 +241,7 @@ class _SoftmaxStatisticsFunction(torch.autograd.Function):
                     grad_rows[start:end].copy_(grad_z)
             if need_probs:
                 grad_probs_rows[start:end] = target.rows(start, end).grad_probs(
-                    z, grad_dot[start:end], grad_mass[start:end]
+                    z, grad_dot[start:end], grad_mass[start:end], shift=shift[start:end]
                 )
         grad_input = from_rows(grad_rows, input.shape) if need_input else None
         grad_probs = from_rows(grad_probs_rows, probs.shape) if need_probs else None
@@ -239,7 +259,8 @@ def softmax_statistics(
     argmax: bool = False,
     num_classes: int | None = None,
 ) -> SoftmaxStatistics:
-    """Per-row ``lse``, ``dot``, ``mass`` (and optionally ``entropy``, ``argmax``).
+    """Per-row ``lse_shifted``, ``dot_shifted``, ``mass``, ``shift`` (and optionally
+    ``entropy``, ``argmax``): see the module docstring.
 
     ``target`` is a built :class:`ClassIndexTarget` (rows order) or a probability
     tensor of the input's shape (then ``weight`` and ``label_smoothing`` apply to it, and
@@ -261,8 +282,9 @@ def softmax_statistics(
     else:
         spec = _ProbSpec(weight, label_smoothing, num_classes)
         out = _SoftmaxStatisticsFunction.apply(input, target, None, spec, transform, entropy, argmax)
-    lse, dot, mass, ent, best = out
-    return SoftmaxStatistics(lse, dot, mass, ent if entropy else None, best if argmax else None)
+    lse, dot, mass, ent, best, shift = out
+    return SoftmaxStatistics(lse, dot, mass, ent if entropy else None, best if argmax else None,
+                             shift)
 
 
 def _composite_statistics(input, target, weight, label_smoothing, transform: ScoreTransform,
@@ -277,6 +299,10 @@ def _composite_statistics(input, target, weight, label_smoothing, transform: Sco
         z = z * transform.logit_scale
     if transform.softcap is not None:
         z = torch.tanh(z / transform.softcap) * transform.softcap
+    # relative to the row max (a constant: the loss is invariant to it), as the lean path
+    m = z.detach().amax(1)
+    shift = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    z = z - shift.unsqueeze(1)
     lse = torch.logsumexp(z, 1)
     if isinstance(target, ClassIndexTarget):
         dot, mass = target.dot(z), target.mass.clone()
@@ -296,4 +322,4 @@ def _composite_statistics(input, target, weight, label_smoothing, transform: Sco
         ent = lse.detach() - pz.sum(1)
     if argmax:
         best = z.detach().argmax(1)
-    return SoftmaxStatistics(lse, dot, mass, ent, best)
+    return SoftmaxStatistics(lse, dot, mass, ent, best, shift)

@@ -10,10 +10,16 @@ A target object knows ``t`` without ever materialising it as an ``N x C`` tensor
 answers, for a tile of rows and a range of columns ``[col_start, col_start + k)``:
 
 - ``mass``                      the row masses ``s_i``                     ``(n,)``
-- ``dot(z_tile, col_start)``    the partial sums ``sum_c t_ic z_ic``       ``(n,)``
+- ``dot(z_tile, col_start, shift)``  the partial sums ``sum_c t_ic (z_ic - shift_i)``  ``(n,)``
+- ``tile_mass(col_start, k)``   the partial masses ``sum_c t_ic`` over the tile  ``(n,)``
 - ``add_scaled_(g, coef, col)`` ``g += coef[:, None] * t[:, tile]``      in place
 - ``rows(start, end)``          the same target for a slice of rows
 - ``mean_denominator()``        PyTorch's 'mean' denominator for this kind of target
+
+The per-row ``shift`` (a reference near the row's scores, e.g. its max; None: 0) is
+subtracted before the products are summed: the statistics are carried relative to it,
+so that ``loss_i = s_i (lse_i - shift_i) - sum_c t_ic (z_ic - shift_i)`` never subtracts
+two large numbers (:mod:`crossent.core.stats`).
 
 Two kinds (PyTorch's ``cross_entropy`` semantics, label smoothing ``eps`` over ``C``
 classes, class weight ``w`` (all ones when absent), ``W = sum_c w_c``):
@@ -124,14 +130,23 @@ class ClassIndexTarget:
         in_tile = self.valid & (local >= 0) & (local < width)
         return local.clamp(0, max(width - 1, 0)), in_tile
 
-    def dot(self, z: torch.Tensor, col_start: int = 0) -> torch.Tensor:
-        """``sum_{c in tile} t_ic z_ic`` for a tile ``z`` of shape ``(n, k)``."""
+    def dot(self, z: torch.Tensor, col_start: int = 0,
+            shift: torch.Tensor | None = None) -> torch.Tensor:
+        """``sum_{c in tile} t_ic (z_ic - shift_i)`` for a tile ``z`` of shape ``(n, k)``.
+
+        Without label smoothing the shift costs nothing (one picked score per row); with
+        it, pass a tile already shifted (``shift=None``) where one is at hand: here the
+        smoothing share forms ``z - shift`` in a temporary."""
         width = z.shape[1]
         local, in_tile = self._local(col_start, width)
         picked = z.gather(1, local.unsqueeze(1)).squeeze(1)
+        if shift is not None:
+            picked = picked - shift
         zero = torch.zeros((), dtype=z.dtype, device=z.device)
         out = torch.where(in_tile, (1.0 - self.label_smoothing) * self.target_weight * picked, zero)
         if self.label_smoothing:
+            if shift is not None:
+                z = z - shift.unsqueeze(1)
             if self.weight is None:
                 spread = z.sum(1)
             else:
@@ -139,6 +154,19 @@ class ClassIndexTarget:
             out = out + torch.where(
                 self.valid, (self.label_smoothing / self.num_classes) * spread, zero
             )
+        return out
+
+    def tile_mass(self, col_start: int, width: int) -> torch.Tensor:
+        """``sum_{c in tile} t_ic`` for columns ``[col_start, col_start + width)``: ``(n,)``
+        work (the tile's share of the class weights is one sum over ``width`` classes)."""
+        local, in_tile = self._local(col_start, width)
+        out = in_tile * ((1.0 - self.label_smoothing) * self.target_weight)
+        if self.label_smoothing:
+            if self.weight is None:
+                share = float(width)
+            else:
+                share = self.weight[col_start:col_start + width].sum()
+            out = out + self.valid.to(out.dtype) * (self.label_smoothing / self.num_classes * share)
         return out
 
     def add_scaled_(self, grad: torch.Tensor, coef: torch.Tensor, col_start: int = 0,
@@ -262,11 +290,22 @@ class ClassProbTarget:
             t = t * self.weight[col_start:col_start + width]
         return t
 
-    def dot(self, z: torch.Tensor, col_start: int = 0) -> torch.Tensor:
-        """Row-wise ``sum_c t_ic z_ic`` as a batched ``(1 x k) @ (k x 1)`` product: no
-        ``n x k`` product tensor is formed."""
+    def dot(self, z: torch.Tensor, col_start: int = 0,
+            shift: torch.Tensor | None = None) -> torch.Tensor:
+        """Row-wise ``sum_c t_ic (z_ic - shift_i)`` as a batched ``(1 x k) @ (k x 1)``
+        product: no ``n x k`` product tensor is formed (``z - shift`` is, when a shift is
+        given: pass a shifted tile where one is at hand)."""
         t = self.tile(col_start, z.shape[1]).to(z.dtype)
+        if shift is not None:
+            z = z - shift.unsqueeze(1)
         return torch.bmm(t.unsqueeze(1), z.unsqueeze(2)).reshape(-1)
+
+    def tile_mass(self, col_start: int, width: int) -> torch.Tensor:
+        """``sum_{c in tile} t_ic``: the row masses for the whole width, else one pass over
+        the tile of the target."""
+        if col_start == 0 and width == self.probs.shape[1]:
+            return self.mass
+        return self.tile(col_start, width).sum(1)
 
     def add_scaled_(self, grad: torch.Tensor, coef: torch.Tensor, col_start: int = 0,
                     grad_scale: torch.Tensor | None = None) -> None:
@@ -277,14 +316,18 @@ class ClassProbTarget:
         grad.addcmul_(coef.to(grad.dtype).unsqueeze(1), t)
 
     def grad_probs(
-        self, z: torch.Tensor, grad_dot: torch.Tensor, grad_mass: torch.Tensor, col_start: int = 0
+        self, z: torch.Tensor, grad_dot: torch.Tensor, grad_mass: torch.Tensor, col_start: int = 0,
+        shift: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Gradient w.r.t. ``q`` of ``grad_dot . dot + grad_mass . mass`` on a tile.
+        """Gradient w.r.t. ``q`` of ``grad_dot . dot + grad_mass . mass`` on a tile, for
+        ``dot = sum_c t_ic (z_ic - shift_i)``.
 
         ``d t_ic / d q_ic = (1 - eps) w_c``, so the result is
-        ``(1 - eps) w_c (grad_dot_i z_ic + grad_mass_i)``.
+        ``(1 - eps) w_c (grad_dot_i (z_ic - shift_i) + grad_mass_i)``.
         """
         width = z.shape[1]
+        if shift is not None:
+            z = z - shift.unsqueeze(1)
         g = grad_dot.unsqueeze(1) * z + grad_mass.unsqueeze(1)
         g = g * (1.0 - self.label_smoothing)
         if self.weight is not None:
@@ -339,11 +382,19 @@ class LabelSetTarget:
         return (self.labels.unsqueeze(1) == cols.unsqueeze(0)) & (
             index.unsqueeze(0) != self.self_index.unsqueeze(1))
 
-    def dot(self, z: torch.Tensor, col_start: int = 0) -> torch.Tensor:
+    def dot(self, z: torch.Tensor, col_start: int = 0,
+            shift: torch.Tensor | None = None) -> torch.Tensor:
         mask = self._mask(col_start, z.shape[1])
         zero = torch.zeros((), dtype=z.dtype, device=z.device)
+        if shift is not None:
+            z = z - shift.unsqueeze(1)
         # where, not a product: an excluded self column holds -inf, and 0 * -inf is NaN.
         return torch.where(mask, z, zero).sum(1) * self.coef.to(z.dtype)
+
+    def tile_mass(self, col_start: int, width: int) -> torch.Tensor:
+        """``sum_{c in tile} t_ic``: the positives among the tile's columns, times ``1 / P_i``."""
+        mask = self._mask(col_start, width)
+        return mask.sum(1).to(self.count.dtype) * self.coef
 
     def add_scaled_(self, grad: torch.Tensor, coef: torch.Tensor, col_start: int = 0) -> None:
         mask = self._mask(col_start, grad.shape[1])

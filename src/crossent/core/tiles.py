@@ -88,11 +88,6 @@ BUDGETS: dict[tuple[str, str], int] = {
     # so that launches are few.
     ("rows", "cpu"): 4 << 20,
     ("rows", "cuda"): 256 << 20,
-    # Target scores recomputed from x and W (class-parallel linear cross-entropy, for the
-    # argmax across shards): 1 << 22 float32 elements of gathered weight rows per chunk;
-    # N x H work, a side computation, so the same on every device.
-    ("target_scores", "cpu"): 16 << 20,
-    ("target_scores", "cuda"): 16 << 20,
     # Weight-norm passes of the margin heads (the norms of a half W, and the projection
     # of dW onto the sphere): 65,536 rows of W per chunk whatever their width, counted
     # as one float32 (the norm) per row, i.e. chunk_rows(C, 1, "weight_norms", device).

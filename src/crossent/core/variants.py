@@ -92,7 +92,7 @@ def focal_loss(
         dtype=spec.mass.dtype,
     )
     stats = softmax_statistics(input, plain)
-    log_pt = stats.dot - stats.lse
+    log_pt = stats.dot_shifted - stats.lse_shifted  # (z_y - m) - (lse - m): no cancellation
     # 1 - p_t = -expm1(log p_t): exact near p_t = 1; the factor's gradient is finite
     # where it rounds to 0 (focal_modulation)
     modulating = focal_modulation((-torch.expm1(log_pt)).clamp_min(0.0), gamma) if gamma else 1.0
@@ -164,10 +164,10 @@ def poly1_cross_entropy(
     _check_input(input)
     spec = _index_target(input, target, weight, ignore_index, label_smoothing)
     stats = softmax_statistics(input, spec)
-    ce_row = cross_entropy_rows(stats.lse, stats.dot, stats.mass)
+    ce_row = cross_entropy_rows(stats.lse_shifted, stats.dot_shifted, stats.mass)
     rows = to_rows(input)
-    picked = rows.gather(1, spec.index.unsqueeze(1)).squeeze(1).to(stats.lse.dtype)
-    p_y = torch.exp(picked - stats.lse)
+    picked = rows.gather(1, spec.index.unsqueeze(1)).squeeze(1).to(stats.mass.dtype)
+    p_y = torch.exp((picked - stats.shift) - stats.lse_shifted)
     num_classes = rows.shape[1]
     p_t = (1.0 - label_smoothing) * p_y + label_smoothing / num_classes
     row_loss = ce_row + epsilon * (1.0 - p_t) * spec.target_weight

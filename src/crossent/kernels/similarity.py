@@ -77,32 +77,47 @@ AGGREGATES = ("softmax", "sigmoid")
 # ------------------------------------------------------------------ aggregates
 
 
+def _row_stats(state: torch.Tensor) -> _stats.RowStats:
+    return _stats.RowStats(state[0], state[1], state[2], None, None, state[3])
+
+
 class _Softmax:
-    """Running ``(max, sum of exp, dot)`` per row: :mod:`crossent.core.stats`."""
+    """Running ``(max, sum of exp, dot, mass)`` per row (a ``(4, k)`` state), the dot
+    relative to the max: :mod:`crossent.core.stats`."""
 
     @staticmethod
     def accumulate_(state: torch.Tensor, z: torch.Tensor, target, col_start: int) -> None:
         part = _stats.tile_stats(z, target, col_start)
-        cur = _stats.RowStats(state[0], state[1], state[2], None, None)
-        merged = _stats.merge(cur, part)
+        merged = _stats.merge(_row_stats(state), part)
         state[0].copy_(merged.max)
         state[1].copy_(merged.sumexp)
         state[2].copy_(merged.dot)
+        state[3].copy_(merged.mass)
 
     @staticmethod
     def combine(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Merge two ``(3, k)`` states of disjoint column ranges."""
-        m = _stats.merge(_stats.RowStats(x[0], x[1], x[2], None, None),
-                         _stats.RowStats(y[0], y[1], y[2], None, None))
-        return torch.stack([m.max, m.sumexp, m.dot])
+        """Merge two ``(4, k)`` states of disjoint column ranges."""
+        m = _stats.merge(_row_stats(x), _row_stats(y))
+        return torch.stack([m.max, m.sumexp, m.dot, m.mass])
 
     @staticmethod
     def value(state: torch.Tensor) -> torch.Tensor:
-        return _stats.logsumexp(_stats.RowStats(state[0], state[1], state[2], None, None))
+        """The log-sum-exp itself (the backward's ``exp(z - lse)``)."""
+        return _stats.logsumexp(_row_stats(state))
+
+    @staticmethod
+    def loss_terms(state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(lse - m, sum_j t_j (z_j - m))``: the statistics the losses combine, relative
+        to the row max ``m`` (its finite part), so that ``lse - dot`` keeps its digits."""
+        return _stats.shifted_logsumexp(_row_stats(state)), state[2]
+
+    @staticmethod
+    def shift(state: torch.Tensor) -> torch.Tensor:
+        return _stats.reference(_row_stats(state))
 
     @staticmethod
     def init(k: int, dtype: torch.dtype, device) -> torch.Tensor:
-        state = torch.zeros(3, k, dtype=dtype, device=device)
+        state = torch.zeros(4, k, dtype=dtype, device=device)
         state[0] = -torch.inf
         return state
 
@@ -132,7 +147,7 @@ def _tile(buf: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
 
 
 class _Sigmoid:
-    """Running ``(unused, sum of softplus, dot)`` per row; merge is addition."""
+    """Running ``(unused, sum of softplus, dot, unused)`` per row; merge is addition."""
 
     @staticmethod
     def accumulate_(state: torch.Tensor, z: torch.Tensor, target, col_start: int) -> None:
@@ -150,8 +165,16 @@ class _Sigmoid:
         return state[1]
 
     @staticmethod
+    def loss_terms(state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return state[1], state[2]
+
+    @staticmethod
+    def shift(state: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(state[0])
+
+    @staticmethod
     def init(k: int, dtype: torch.dtype, device) -> torch.Tensor:
-        return torch.zeros(3, k, dtype=dtype, device=device)
+        return torch.zeros(4, k, dtype=dtype, device=device)
 
     @staticmethod
     def grad_(out: torch.Tensor, z: torch.Tensor, value: torch.Tensor, coef: torch.Tensor) -> None:
@@ -244,7 +267,7 @@ def _scores_(out: torch.Tensor, ops: Operands, blk: Block, b: torch.Tensor,
 def block_forward(ops: Operands, b: torch.Tensor, blk: Block, p: TilePlan,
                   row_state: torch.Tensor | None, col_state: torch.Tensor | None) -> None:
     """Merge the statistics of rows ``ops.a`` against columns ``b`` into ``row_state``
-    (``(3, n)``) and ``col_state`` (``(3, m)``), in place (either may be None)."""
+    (``(4, n)``) and ``col_state`` (``(4, m)``), in place (either may be None)."""
     agg = aggregate(blk.aggregate)
     n, m = ops.a.shape[0], b.shape[0]
     if n == 0 or m == 0:

@@ -34,7 +34,8 @@ a :class:`~crossent.core.tiles.TilePlan` and
 - ``row_scale`` ``(N,)`` acc dtype or None: the ``r`` above (None: statistics only);
 - ``lse`` ``(N,)`` or None: known log-sum-exp (then only gradients are formed);
 
-and returns a :class:`LinearResult`.
+and returns a :class:`LinearResult`, whose statistics are relative to the row max
+(``lse_shifted``, ``dot``; ``shift``) so that the loss keeps its digits.
 
 **Other score sources.** ``LinearProblem.scores`` (default None: the scores above) may
 name another source of logits over the same weight, e.g. the margin heads'
@@ -82,13 +83,18 @@ class LinearProblem:
 
 
 class LinearResult(NamedTuple):
-    lse: torch.Tensor | None
-    dot: torch.Tensor | None
+    lse: torch.Tensor | None  # the log-sum-exp itself (the gradient pass's)
+    dot: torch.Tensor | None  # sum_c t_c (z_c - shift)
     entropy: torch.Tensor | None
     argmax: torch.Tensor | None
     grad_x: torch.Tensor | None  # x's dtype
     grad_weight: torch.Tensor | None  # float32 (float64 for float64 input)
     grad_bias: torch.Tensor | None  # float32 (float64 for float64 input)
+    # with the statistics: lse - shift (in [0, log V] for a finite row), and the shift,
+    # the row max (0 for a row of -inf). The loss is mass * lse_shifted - dot, a sum of
+    # non-negative terms at any magnitude of the scores (crossent.core.stats).
+    lse_shifted: torch.Tensor | None = None
+    shift: torch.Tensor | None = None
 
 
 def tile_buffers(transform: ScoreTransform, *, grads: bool, entropy: bool, probs: bool) -> int:
@@ -329,10 +335,12 @@ def run(
     if want_stats:
         lse = torch.empty(n, dtype=acc, device=dev)
         dot = torch.empty_like(lse)
+        lse_shifted = torch.empty_like(lse)
+        shift = torch.empty_like(lse)
         ent = torch.empty_like(lse) if entropy else None
         best = torch.empty(n, dtype=torch.int64, device=dev) if argmax else None
     else:
-        dot = ent = best = None
+        dot = ent = best = lse_shifted = shift = None
     keep_tanh = grads and p.transform.softcap is not None
     # Whole rows of x W^T on CPU: the statistics leave softmax(z) in the tile through
     # PyTorch's fused in-place row kernel (_stats.softmax_stats_). Elsewhere, with the
@@ -361,11 +369,12 @@ def run(
                 else:  # the tile becomes exp(z - m)
                     part = _stats.tile_stats_(tile, tgt, c0, entropy=entropy, argmax=argmax)
                 stats = part if stats is None else _stats.merge(stats, part)
-            band_lse = _stats.logsumexp(stats)
-            lse[s:e] = band_lse
+            lse[s:e] = _stats.logsumexp(stats)
+            lse_shifted[s:e] = _stats.shifted_logsumexp(stats)
+            shift[s:e] = _stats.reference(stats)
             dot[s:e] = stats.dot
             if entropy:
-                ent[s:e] = _stats.entropy(stats, band_lse)
+                ent[s:e] = _stats.entropy(stats)
             if argmax:
                 best[s:e] = stats.argmax
         if not grads:
@@ -415,5 +424,6 @@ def run(
     if grads and p.scores is not None and sinks.grad_w is not None:
         p.scores.finish_w_(sinks.grad_w)
     return LinearResult(
-        lse if want_stats else None, dot, ent, best, sinks.grad_x, sinks.grad_w, sinks.grad_b
+        lse if want_stats else None, dot, ent, best, sinks.grad_x, sinks.grad_w, sinks.grad_b,
+        lse_shifted, shift,
     )

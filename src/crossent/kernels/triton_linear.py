@@ -5,7 +5,8 @@ registers (``tl.dot`` over ``BLOCK_H`` slices of the hidden size), never writing
 
 - :func:`_stats_kernel`, one program per ``BLOCK_N`` rows, walks the whole vocabulary
   with the online softmax recurrence (Milakov & Gimelshein 2018) and writes per-row
-  ``lse``, the target dot ``sum_c t_c z_c``, and optionally entropy and argmax.
+  ``lse``, and relative to the row max ``m`` ``lse - m`` and the target dot
+  ``sum_c t_c (z_c - m)`` (:mod:`crossent.core.stats`), and optionally entropy and argmax.
 - :func:`_grad_kernel`, one program per ``BLOCK_N x BLOCK_V`` tile of a row band,
   writes the gradient tile ``G = p_coef * exp(z - lse) + t_coef * t`` chained through
   the soft-cap and scale (see :mod:`crossent.kernels.torch_chunked` for the formulas);
@@ -62,7 +63,7 @@ def _logits_tile(x_ptr, w_ptr, b_ptr, rows, cols, row_mask, col_mask, H, stride_
 
 @triton.jit
 def _stats_kernel(x_ptr, w_ptr, b_ptr, y_ptr, tw_ptr, valid_ptr, cw_ptr,
-                  lse_ptr, dot_ptr, ent_ptr, arg_ptr,
+                  lse_ptr, dot_ptr, ent_ptr, arg_ptr, lse_shifted_ptr, shift_ptr,
                   N, V, H, stride_x, stride_w, scale, cap, smooth_keep, smooth_each,
                   HAS_BIAS: tl.constexpr, HAS_CAP: tl.constexpr, HAS_CW: tl.constexpr,
                   STATS: tl.constexpr,
@@ -72,10 +73,15 @@ def _stats_kernel(x_ptr, w_ptr, b_ptr, y_ptr, tw_ptr, valid_ptr, cw_ptr,
     rows = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
     row_mask = rows < N
     y = tl.load(y_ptr + rows, mask=row_mask, other=0)
+    # Sums relative to the running max m (its finite part, ``ref``), re-referenced as m
+    # grows (crossent.core.stats): the loss mass * log s - dot then never subtracts two large
+    # numbers. ``seen``: the smoothing weight of the columns seen (sum of w_c, or count).
     m = tl.full((BLOCK_N,), float("-inf"), dtype=tl.float32)
+    ref = tl.zeros((BLOCK_N,), dtype=tl.float32)
     s = tl.zeros((BLOCK_N,), dtype=tl.float32)
     picked = tl.zeros((BLOCK_N,), dtype=tl.float32)
     spread = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    seen = tl.zeros((BLOCK_N,), dtype=tl.float32)
     zexp = tl.zeros((BLOCK_N,), dtype=tl.float32)
     best = tl.zeros((BLOCK_N,), dtype=tl.int64)
     for v0 in range(0, V, BLOCK_V):
@@ -89,37 +95,45 @@ def _stats_kernel(x_ptr, w_ptr, b_ptr, y_ptr, tw_ptr, valid_ptr, cw_ptr,
         # padded column past V) picks nothing: padded columns hold -inf
         hit = (cols[None, :] == y[:, None]) & col_mask[None, :]
         picked += tl.sum(tl.where(hit, z, 0.0), 1)
-        zz = tl.where(col_mask[None, :], z, 0.0)
-        if HAS_CW:
-            cw = tl.load(cw_ptr + cols, mask=col_mask, other=0.0)
-            spread += tl.sum(zz * cw[None, :], 1)
-        else:
-            spread += tl.sum(zz, 1)
         tile_max = tl.max(z, 1)
         m_new = tl.maximum(m, tile_max)
         # exp against a finite shift: while a row has seen only -inf (e.g. a tile of
         # padding columns with a -inf bias) m_new = -inf, and exp(-inf - (-inf)) is NaN
-        safe = tl.where(m_new > float("-inf"), m_new, 0.0)
-        alpha = tl.exp(m - safe)
-        e = tl.exp(z - safe[:, None])
-        s = s * alpha + tl.sum(e, 1)
+        ref_new = tl.where(m_new > float("-inf"), m_new, 0.0)
+        delta = ref - ref_new  # <= 0, finite
+        alpha = tl.exp(m - ref_new)
+        zr = z - ref_new[:, None]
+        zz = tl.where(col_mask[None, :], zr, 0.0)
+        if HAS_CW:
+            cw = tl.load(cw_ptr + cols, mask=col_mask, other=0.0)
+            spread = spread + seen * delta + tl.sum(zz * cw[None, :], 1)
+            seen += tl.sum(cw, 0)
+        else:
+            spread = spread + seen * delta + tl.sum(zz, 1)
+            seen += tl.sum(col_mask.to(tl.float32), 0)
+        e = tl.exp(zr)
         if STATS:
             # where, not a product: a -inf score has e = 0, and 0 * -inf is NaN
-            zexp = zexp * alpha + tl.sum(e * tl.where(e > 0.0, zz, 0.0), 1)
+            zexp = (zexp + s * delta) * alpha + tl.sum(e * tl.where(e > 0.0, zz, 0.0), 1)
             tile_arg = tl.argmax(z, 1).to(tl.int64) + v0
             best = tl.where(tile_max > m, tile_arg, best)
+        s = s * alpha + tl.sum(e, 1)
         m = m_new
-    lse = m + tl.log(s)
+        ref = ref_new
+    log_s = tl.log(s)
+    lse = m + log_s
     tw = tl.load(tw_ptr + rows, mask=row_mask, other=0.0)
     valid = tl.load(valid_ptr + rows, mask=row_mask, other=0.0)
     # the smoothing term only where there is smoothing: spread is -inf when a score is
     # (a -inf bias), and 0 * -inf is NaN
     share = smooth_each * valid
-    dot = smooth_keep * tw * picked + share * tl.where(share != 0.0, spread, 0.0)
+    dot = smooth_keep * tw * (picked - ref) + share * tl.where(share != 0.0, spread, 0.0)
     tl.store(lse_ptr + rows, lse, mask=row_mask)
+    tl.store(lse_shifted_ptr + rows, log_s, mask=row_mask)
+    tl.store(shift_ptr + rows, ref, mask=row_mask)
     tl.store(dot_ptr + rows, dot, mask=row_mask)
     if STATS:
-        tl.store(ent_ptr + rows, lse - zexp / s, mask=row_mask)
+        tl.store(ent_ptr + rows, log_s - zexp / s, mask=row_mask)
         tl.store(arg_ptr + rows, best, mask=row_mask)
 
 
@@ -214,15 +228,18 @@ def run(p: LinearProblem, plan: TilePlan, *, row_scale=None, lse=None, need_x=Tr
     bn, bv, bh = _blocks(dev)
     c = _common(p, p.target)
     y, tw, valid, cw = c["arrays"]
-    dot = ent = best = None
+    dot = ent = best = lse_shifted = shift = None
     stats_wanted = lse is None
     if stats_wanted:
         lse = torch.empty(n, dtype=torch.float32, device=dev)
         dot = torch.empty_like(lse)
+        lse_shifted = torch.empty_like(lse)
+        shift = torch.empty_like(lse)
         ent = torch.empty_like(lse) if entropy else lse.new_empty(1)
         best = torch.empty(n if argmax else 1, dtype=torch.int64, device=dev)
         _stats_kernel[(triton.cdiv(n, bn),)](
-            x, w, b, y, tw, valid, cw, lse, dot, ent, best, n, v, h, x.stride(0), w.stride(0),
+            x, w, b, y, tw, valid, cw, lse, dot, ent, best, lse_shifted, shift,
+            n, v, h, x.stride(0), w.stride(0),
             **c["scalars"], **c["flags"], STATS=bool(entropy or argmax),
             BLOCK_N=bn, BLOCK_V=bv, BLOCK_H=bh,
         )
@@ -263,4 +280,5 @@ def run(p: LinearProblem, plan: TilePlan, *, row_scale=None, lse=None, need_x=Tr
                     gb[c0:c0 + k] += g.sum(0)
             if gx is not None:
                 gx[s:e] = gx_acc
-    return LinearResult(lse if stats_wanted else None, dot, ent, best, gx, gw, gb)
+    return LinearResult(lse if stats_wanted else None, dot, ent, best, gx, gw, gb,
+                        lse_shifted, shift)

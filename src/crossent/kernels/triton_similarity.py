@@ -7,9 +7,10 @@ The contract of :mod:`crossent.kernels.similarity` (``block_forward`` /
 
 - :func:`_stats_kernel`, one program per ``BLOCK_N`` rows of a band, walks every column
   of the block with the online softmax recurrence (Milakov & Gimelshein 2018) — or sums
-  ``softplus`` for the sigmoid aggregate — and writes the rows' ``(max, sum, dot)``; in
+  ``softplus`` for the sigmoid aggregate — and writes the rows' ``(max, sum, dot, mass)``,
+  the dot relative to the max (:mod:`crossent.core.stats`); in
   the same pass it writes each column's partial statistics over the program's rows
-  (``(3, programs, m)``), which the host merges with the same exact merge as the tiles
+  (``(4, programs, m)``), which the host merges with the same exact merge as the tiles
   (:mod:`crossent.core.stats`). One pass gives both CLIP directions.
 - :func:`_grad_kernel`, one program per ``BLOCK_N x BLOCK_M`` tile, writes the gradient
   tile ``G = gR p + gC q + gDR t + gDC t'``; ``G b``, ``G^T (scale a)`` and ``sum G`` are
@@ -93,9 +94,14 @@ def _stats_kernel(a_ptr, b_ptr, bias_ptr, tgt_ptr, lab_ptr, self_ptr, clab_ptr, 
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
     row_mask = rows < N
+    # softmax: the dot relative to the running max m (its finite part ``ref``), moved as
+    # m grows by the positives seen (``cnt``) times the step (crossent.core.stats); states
+    # are (max, sum, dot, mass). Sigmoid: plain sums.
     m = tl.full((BLOCK_N,), float("-inf"), dtype=tl.float32)
+    ref = tl.zeros((BLOCK_N,), dtype=tl.float32)
     s = tl.zeros((BLOCK_N,), dtype=tl.float32)
     dot = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    cnt = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for c0 in range(0, M, BLOCK_M):
         cols = c0 + tl.arange(0, BLOCK_M).to(tl.int64)
         col_mask = cols < M
@@ -106,35 +112,42 @@ def _stats_kernel(a_ptr, b_ptr, bias_ptr, tgt_ptr, lab_ptr, self_ptr, clab_ptr, 
         if ROW:
             pos = _row_positive(tgt_ptr, lab_ptr, self_ptr, clab_ptr, rows, cols, row_mask, col_mask,
                                 col_start, clab_start, ROW_LABELS)
-            dot += tl.sum(tl.where(pos, z, 0.0), 1)
             if SIGMOID:
+                dot += tl.sum(tl.where(pos, z, 0.0), 1)
                 s += tl.sum(tl.where(valid, _softplus(z), 0.0), 1)
             else:
                 m_new = tl.maximum(m, tl.max(z, 1))
                 safe = tl.where(m_new > float("-inf"), m_new, 0.0)
-                s = s * tl.exp(m - safe) + tl.sum(tl.exp(z - safe[:, None]), 1)
+                zr = z - safe[:, None]
+                dot = dot + cnt * (ref - safe) + tl.sum(tl.where(pos, zr, 0.0), 1)
+                s = s * tl.exp(m - safe) + tl.sum(tl.exp(zr), 1)
                 m = m_new
+                ref = safe
+            cnt += tl.sum(pos.to(tl.float32), 1)
         if COL:
             cpos = _col_positive(ctgt_ptr, rows, cols, row_mask, col_mask, row_start)
-            cdot = tl.sum(tl.where(cpos, z, 0.0), 0)
             if SIGMOID:
                 cmax = tl.zeros((BLOCK_M,), dtype=tl.float32)
+                csafe = cmax
                 csum = tl.sum(tl.where(valid, _softplus(z), 0.0), 0)
             else:
                 cmax = tl.max(z, 0)
                 csafe = tl.where(cmax > float("-inf"), cmax, 0.0)
                 csum = tl.sum(tl.exp(z - csafe[None, :]), 0)
+            cdot = tl.sum(tl.where(cpos, z - csafe[None, :], 0.0), 0)
             base = col_out_ptr + pid * M + cols
             stride = num_programs * M
             tl.store(base, cmax, mask=col_mask)
             tl.store(base + stride, csum, mask=col_mask)
             tl.store(base + 2 * stride, cdot, mask=col_mask)
+            tl.store(base + 3 * stride, tl.sum(cpos.to(tl.float32), 0), mask=col_mask)
     if ROW:
         if SIGMOID:
             m = tl.zeros((BLOCK_N,), dtype=tl.float32)
         tl.store(row_out_ptr + rows, m, mask=row_mask)
         tl.store(row_out_ptr + N + rows, s, mask=row_mask)
         tl.store(row_out_ptr + 2 * N + rows, dot, mask=row_mask)
+        tl.store(row_out_ptr + 3 * N + rows, cnt, mask=row_mask)
 
 
 @triton.jit
@@ -230,8 +243,8 @@ def block_forward(ops: sim.Operands, b: torch.Tensor, blk: sim.Block, p, row_sta
         r1 = min(r0 + band, n)
         rows = r1 - r0
         programs = triton.cdiv(rows, bn)
-        row_out = a_s.new_empty(3, rows) if blk.rows else a_s.new_empty(0)
-        col_out = a_s.new_empty(3, programs, m) if blk.cols else a_s.new_empty(0)
+        row_out = a_s.new_empty(4, rows) if blk.rows else a_s.new_empty(0)
+        col_out = a_s.new_empty(4, programs, m) if blk.cols else a_s.new_empty(0)
         sliced = blk.row_target.rows(r0, r1) if blk.rows else None
         targs = _target_args(ops, sim.Block(blk.aggregate, sliced, blk.col_target, blk.self_offset,
                                             blk.row_start + r0, blk.col_start)) if blk.rows else ta
@@ -244,7 +257,7 @@ def block_forward(ops: sim.Operands, b: torch.Tensor, blk: sim.Block, p, row_sta
         )
         if blk.rows:
             if isinstance(blk.row_target, LabelSetTarget):
-                row_out[2] *= sliced.coef
+                row_out[2:] *= sliced.coef  # dot and mass: t_ij = positive / P_i
             row_state[:, r0:r1] = agg.combine(row_state[:, r0:r1], row_out)
         if blk.cols:
             merged = col_out[:, 0]

@@ -123,8 +123,9 @@ def forward(p: LinearProblem, plan: TilePlan, backend: str, *, reduction: str, a
         need: the gradients wanted (only ``x``, weight and bias are formed here).
         merge: None for one process (statistics and gradients in one pass); else a hook
             ``merge(p, local) -> m`` turning this shard's statistics into the whole
-            problem's (``m.lse, m.dot, m.mass, m.denominator, m.entropy, m.argmax``, as
-            :class:`crossent.core.sharded.Merged`); the gradients are then formed in a
+            problem's (``m.lse, m.lse_shifted, m.dot, m.shift, m.mass, m.denominator,
+            m.entropy, m.argmax``, as :class:`crossent.core.sharded.Merged`: ``dot`` and
+            ``lse_shifted`` relative to the row max ``shift``); the gradients are then formed in a
             second pass against the global ``lse``.
     """
     run = get_backend(backend).run
@@ -135,11 +136,13 @@ def forward(p: LinearProblem, plan: TilePlan, backend: str, *, reduction: str, a
         scale = row_scale(target.valid, reduction, denominator, all_ignored, p.acc) if grads else None
         res = run(p, plan, row_scale=scale, need_x=need.x, need_w=need.w, need_b=need.b,
                   entropy=stats, argmax=stats)
-        lse, dot, mass, entropy, argmax = res.lse, res.dot, target.mass, res.entropy, res.argmax
+        lse, mass, entropy, argmax = res.lse, target.mass, res.entropy, res.argmax
+        lse_shifted, dot, shift = res.lse_shifted, res.dot, res.shift
     else:
         local = run(p, plan, entropy=stats, argmax=stats)
         m = merge(p, local)
-        lse, dot, mass, entropy, argmax = m.lse, m.dot, m.mass, m.entropy, m.argmax
+        lse, mass, entropy, argmax = m.lse, m.mass, m.entropy, m.argmax
+        lse_shifted, dot, shift = m.lse_shifted, m.dot, m.shift
         denominator = m.denominator
         # the whole problem's masses: the gradient is (s_i + 2 z lse_i) softmax_i - t_i
         p = dataclasses.replace(p, target=dataclasses.replace(target, mass=mass))
@@ -148,7 +151,8 @@ def forward(p: LinearProblem, plan: TilePlan, backend: str, *, reduction: str, a
             scale = row_scale(target.valid, reduction, denominator, all_ignored, lse.dtype)
             res = run(p, plan, row_scale=scale, lse=lse, need_x=need.x, need_w=need.w,
                       need_b=need.b)
-    row_loss = cross_entropy_rows(lse, dot, mass, target.valid, p.z_loss)
+    # relative to the row max: a sum of non-negative terms at any magnitude (core.stats)
+    row_loss = cross_entropy_rows(lse_shifted, dot, mass, target.valid, p.z_loss, shift=shift)
     loss = reduce_rows(row_loss, reduction, denominator, all_ignored=all_ignored)
     gx, gw, gb = _cast(res, p) if grads else (None, None, None)
     return Forward(loss.to(loss_dtype(p.x.dtype)), lse, entropy if stats else None,

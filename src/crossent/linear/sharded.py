@@ -21,28 +21,12 @@ from ..core.reduction import accumulation_dtype
 from ..core.sharded import Merged, Shards, agree, agreement_fields, merge_shards, shard_index_target
 from ..core.statistics import ScoreTransform
 from ..core.targets import ClassIndexTarget, ClassProbTarget
-from ..core.tiles import TilePlan, row_chunks
+from ..core.tiles import TilePlan
 from ..kernels import margin_scores
 from ..kernels.torch_chunked import LinearProblem, LinearResult
 from . import engine
 
 __all__ = ["parallel_linear_cross_entropy", "sharded_linear_cross_entropy"]
-
-
-def _linear_scores_at(p: LinearProblem, index: torch.Tensor) -> torch.Tensor:
-    """``z_i[index_i]`` recomputed from ``x``, ``W`` and ``b`` in row chunks (the
-    ``"target_scores"`` budget of :data:`crossent.core.tiles.BUDGETS`, for the argmax
-    comparison across shards): ``N x H`` work, no ``N x C`` tile."""
-    acc = p.acc
-    n, h = p.x.shape
-    out = torch.empty(n, dtype=acc, device=p.x.device)
-    for s, e in row_chunks(n, h, "target_scores", p.x.device):
-        w = p.weight[index[s:e]].to(acc)
-        v = torch.bmm(w.unsqueeze(1), p.x[s:e].to(acc).unsqueeze(2)).reshape(-1)
-        if p.bias is not None:
-            v = v + p.bias[index[s:e]].to(acc)
-        out[s:e] = v
-    return p.transform.apply(out, acc)
 
 
 @dataclasses.dataclass
@@ -67,14 +51,11 @@ class _LinearSpec:
 def _merge(spec: _LinearSpec, p: LinearProblem, local: LinearResult) -> Merged:
     """The engine's merge hook: this shard's statistics merged across ranks (one
     all-gather), with the 'mean' denominator (the row count for probability targets)."""
-    extra = {}
-    if spec.return_stats:
-        extra = dict(entropy=local.entropy, argmax=local.argmax,
-                     best_score=_linear_scores_at(p, local.argmax))
+    extra = dict(entropy=local.entropy, argmax=local.argmax) if spec.return_stats else {}
     target = p.target
     denominator = None if isinstance(target, ClassProbTarget) else target.mean_denominator()
-    m = merge_shards(spec.group, spec.shards, lse=local.lse, dot=local.dot, mass=target.mass,
-                     denominator=denominator, **extra)
+    m = merge_shards(spec.group, spec.shards, shift=local.shift, lse=local.lse_shifted,
+                     dot=local.dot, mass=target.mass, denominator=denominator, **extra)
     if denominator is None:
         m.denominator = torch.tensor(float(p.x.shape[0]), dtype=m.lse.dtype, device=p.x.device)
     return m
