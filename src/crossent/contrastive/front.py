@@ -39,7 +39,7 @@ from torch import nn
 
 from ..core import checks as _checks
 from ..core import collectives as D
-from ..core.reduction import accumulation_dtype
+from ..core.reduction import accumulation_dtype, loss_dtype
 from ..core.stats import cross_entropy_rows
 from ..kernels.dispatch import resolve_backend
 from . import sharded
@@ -88,10 +88,8 @@ def _global_sum(x: torch.Tensor, opts: Options) -> torch.Tensor:
 
 
 def _finish(total: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """The loss in float32 for half inputs, else in the input's dtype."""
-    if like.dtype in (torch.float16, torch.bfloat16):
-        return total.float()
-    return total.to(like.dtype)
+    """The loss in :func:`crossent.core.reduction.loss_dtype` of the features' dtype."""
+    return total.to(loss_dtype(like.dtype))
 
 
 # ------------------------------------------------------------------ validation

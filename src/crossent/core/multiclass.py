@@ -17,7 +17,7 @@ from torch.nn import _reduction as _legacy
 
 from . import checks as _checks
 from .collectives import spans_ranks
-from .reduction import ALL_IGNORED_CHOICES, accumulation_dtype, reduce_rows
+from .reduction import ALL_IGNORED_CHOICES, accumulation_dtype, loss_dtype, reduce_rows
 from .sharded import parallel_cross_entropy
 from .statistics import ScoreTransform, softmax_statistics, to_rows
 from .stats import cross_entropy_rows
@@ -100,11 +100,6 @@ def log_softmax(input: torch.Tensor, dim: int | None = None, _stacklevel: int = 
     if dtype is None:
         _checks.check_floating("input", input)
     return F.log_softmax(input, dim=dim, _stacklevel=_stacklevel + 1, dtype=dtype)
-
-
-def loss_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype of a loss on ``dtype`` inputs: float32 for half inputs, else ``dtype``."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def _legacy_reduction(size_average, reduce, reduction: str) -> str:

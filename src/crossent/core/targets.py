@@ -130,6 +130,14 @@ class ClassIndexTarget:
         in_tile = self.valid & (local >= 0) & (local < width)
         return local.clamp(0, max(width - 1, 0)), in_tile
 
+    def scores(self, z: torch.Tensor, col_start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(z_i[y_i], in_tile_i)``: each row's score at its target column of a tile ``z``
+        ``(n, k)`` of columns ``[col_start, col_start + k)``, and whether the column is in
+        the tile (and the row not ignored); the score is arbitrary where it is not. The one
+        place the target column is gathered."""
+        local, in_tile = self._local(col_start, z.shape[1])
+        return z.gather(1, local.unsqueeze(1)).squeeze(1), in_tile
+
     def dot(self, z: torch.Tensor, col_start: int = 0,
             shift: torch.Tensor | None = None) -> torch.Tensor:
         """``sum_{c in tile} t_ic (z_ic - shift_i)`` for a tile ``z`` of shape ``(n, k)``.
@@ -138,8 +146,7 @@ class ClassIndexTarget:
         it, pass a tile already shifted (``shift=None``) where one is at hand: here the
         smoothing share forms ``z - shift`` in a temporary."""
         width = z.shape[1]
-        local, in_tile = self._local(col_start, width)
-        picked = z.gather(1, local.unsqueeze(1)).squeeze(1)
+        picked, in_tile = self.scores(z, col_start)
         if shift is not None:
             picked = picked - shift
         zero = torch.zeros((), dtype=z.dtype, device=z.device)

@@ -166,7 +166,7 @@ def poly1_cross_entropy(
     stats = softmax_statistics(input, spec)
     ce_row = cross_entropy_rows(stats.lse_shifted, stats.dot_shifted, stats.mass)
     rows = to_rows(input)
-    picked = rows.gather(1, spec.index.unsqueeze(1)).squeeze(1).to(stats.mass.dtype)
+    picked = spec.scores(rows)[0].to(stats.mass.dtype)
     p_y = torch.exp((picked - stats.shift) - stats.lse_shifted)
     num_classes = rows.shape[1]
     p_t = (1.0 - label_smoothing) * p_y + label_smoothing / num_classes
