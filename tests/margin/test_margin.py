@@ -487,3 +487,27 @@ def test_runs_under_torch_compile_fullgraph():
     want = _loss_and_grads(lambda a, b, t: ce.arcface_loss(a, b, t, scale=8.0), x, w, y)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("head,kw", [("arcface", dict(scale=16.0, margin=0.5)),
+                                     ("combined", dict(scale=16.0, m1=1.2, m2=0.3, m3=0.1)),
+                                     ("sphereface", dict(margin=3, scale=1.5))])
+def test_margin_logits_double_backward_matches_the_papers_formula(head, kw):
+    """issue 20, defect 3: a gradient penalty through margin_logits gets the full second
+    derivative (the margin function's curvature too), equal to plain autograd through the
+    papers' formulas in float64."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 3, 5, 1, 2])
+
+    def penalty(logits_fn):
+        z = logits_fn(x)
+        loss = torch.nn.functional.cross_entropy(z, y)
+        (gx,) = torch.autograd.grad(loss, x, create_graph=True)
+        (ggx,) = torch.autograd.grad(gx.square().sum(), x)
+        return ggx
+
+    ours = penalty(lambda v: ce.margin_logits(v, w, y, head=head, **kw))
+    ref = penalty(lambda v: reference_logits(head, v, w, y, **kw))
+    torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-10)

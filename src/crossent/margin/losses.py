@@ -530,17 +530,24 @@ def subcenter_arcface_loss(embeddings, weight, target, *, centers=3, scale=64.0,
 
 
 class _Phi(torch.autograd.Function):
-    """``phi(c)`` with the slope of :meth:`MarginSpec.phi` as its derivative."""
+    """``phi(c)`` with the slope of :meth:`MarginSpec.phi` as its derivative.
+
+    Asked for a graph of the gradient (``create_graph=True``), the slope is recomputed
+    from ``c`` with differentiable operations, so that double backward includes
+    ``d slope / dc`` (a saved slope would be a constant and drop that term silently)."""
 
     @staticmethod
     def forward(ctx, c, spec):
         value, slope = spec.phi(c)
-        ctx.save_for_backward(slope)
+        ctx.save_for_backward(c, slope)
+        ctx.spec = spec
         return value
 
     @staticmethod
     def backward(ctx, grad):
-        (slope,) = ctx.saved_tensors
+        c, slope = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True
+            _, slope = ctx.spec.phi(c)
         return grad * slope, None
 
 
