@@ -80,6 +80,18 @@ def test_log_probs_alone_and_their_gradient():
     torch.testing.assert_close(x.grad.double(), y.grad, atol=2e-6, rtol=1e-5)
 
 
+def test_gradient_of_one_output_when_both_are_returned():
+    """Only one output used downstream (the other's gradient is None, not zeros)."""
+    logits, target, grads = _problem((4, 6), 50, seed=12)
+    for used in (0, 1):
+        x = logits.clone().requires_grad_()
+        out = ce.token_log_probs(x, target, temperature=0.8, return_entropy=True)
+        (out[used].double() * grads[used]).sum().backward()
+        y = logits.double().requires_grad_()
+        (_reference(y, target, 0.8)[used] * grads[used]).sum().backward()
+        torch.testing.assert_close(x.grad.double(), y.grad, atol=2e-6, rtol=1e-5)
+
+
 def test_entropy_gradient_is_the_derived_formula():
     """dH/dz_c = -p_c (log p_c + H) / T, written out (not autograd), only H's gradient."""
     temperature = 0.8

@@ -206,6 +206,9 @@ class _SoftmaxStatisticsFunction(torch.autograd.Function):
             ctx.save_for_backward(input, probs, shift)
             ctx.mark_non_differentiable(entropy)
         ctx.entropy_grad = entropy_grad
+        # an output not used downstream gets None, not zeros: no entropy term computed for
+        # an entropy that is only logged (the backward reads None as 0 for every output)
+        ctx.set_materialize_grads(False)
         ctx.index_target = index_target
         ctx.prob_spec = prob_spec
         ctx.transform = transform
