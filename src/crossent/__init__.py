@@ -20,6 +20,7 @@ from .contrastive import (
 )
 from .core.checks import ArgumentError, ArgumentTypeError, TargetIndexError
 from .linear import LinearCrossEntropyLoss, linear_cross_entropy
+from .logprobs import token_log_probs
 from .losses import (
     CrossEntropyStats,
     binary_cross_entropy,
@@ -87,6 +88,7 @@ __all__ = [
     "focal_loss",
     "poly1_cross_entropy",
     "linear_cross_entropy",
+    "token_log_probs",
     "LinearCrossEntropyLoss",
     "CrossEntropyLoss",
     "NLLLoss",

@@ -6,7 +6,8 @@
     lse_shifted_i = logsumexp_c(z_ic) - shift_i            differentiable
     dot_shifted_i = sum_c t_ic (z_ic - shift_i)            differentiable
     mass_i        = sum_c t_ic                  differentiable (w.r.t. probability targets)
-    entropy_i, argmax_i                         monitoring only (no gradient)
+    entropy_i                                   monitoring, or differentiable on request
+    argmax_i                                    monitoring only (no gradient)
 
 where ``z = softcap(logit_scale * input)`` (``softcap(x) = cap * tanh(x / cap)``,
 Gemma 2; identity when ``cap`` is None) and ``t`` is the target distribution of
@@ -16,14 +17,21 @@ formulas while this function supplies the ``N x C`` part of the chain rule::
 
     dL/dz_ic = dL/dlse_i * softmax(z_i)_c + dL/ddot_i * t_ic
 
-(the same for the shifted statistics: the shift is held constant). The loss is carried
+(the same for the shifted statistics: the shift is held constant), and, when the entropy
+``H_i = -sum_c p_ic log p_ic`` is asked for with its gradient (``entropy_grad=True``),
+``+ dL/dH_i * dH_i/dz_ic`` with ``dH_i/dz_ic = -p_ic (log p_ic + H_i)`` (differentiate
+``H = lse - sum_c p_c z_c`` with ``dlse/dz_k = p_k`` and ``dp_c/dz_k = p_c (delta_ck - p_k)``:
+``dH/dz_k = p_k - (p_k + p_k z_k - p_k sum_c p_c z_c) = -p_k (z_k - lse + H)``, and
+``z_k - lse = log p_k``), with ``log p_ic = (z_ic - shift_i) - lse_shifted_i``
+relative to the row max. The loss is carried
 relative to the shift, ``mass * lse_shifted - dot_shifted``, a sum of non-negative terms:
 ``lse`` and ``dot`` themselves grow with the scores and their difference would lose
 ``ulp(lse)`` (:mod:`crossent.core.stats`). :attr:`SoftmaxStatistics.lse` and
 :attr:`~SoftmaxStatistics.dot` give the absolute values where they are wanted.
 
 The backward keeps only the caller's logits (and probability target) and the ``(n,)``
-shift: no ``N x C`` buffer is saved, unlike PyTorch's ``log_softmax`` output.
+shift (with the entropy's gradient, the ``(n,)`` ``lse_shifted`` and ``entropy`` too): no
+``N x C`` buffer is saved, unlike PyTorch's ``log_softmax`` output.
 Work is done in row chunks in float32 (float64 for float64 inputs), so half inputs
 never accumulate in half precision and temporaries stay bounded (chunks of the ``"rows"``
 budget of :data:`crossent.core.tiles.BUDGETS`: :func:`crossent.core.tiles.row_chunks`).
@@ -154,7 +162,8 @@ class _ProbSpec:
 
 class _SoftmaxStatisticsFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, input, probs, index_target, prob_spec, transform, want_entropy, want_argmax):
+    def forward(ctx, input, probs, index_target, prob_spec, transform, want_entropy, want_argmax,
+                entropy_grad=False):
         rows = to_rows(input)
         num_rows, num_classes = rows.shape
         acc = accumulation_dtype(input.dtype)
@@ -190,21 +199,30 @@ class _SoftmaxStatisticsFunction(torch.autograd.Function):
                 argmax[start:end] = stats.argmax
         mass = target.mass.clone()
 
-        ctx.save_for_backward(input, probs, shift)
+        entropy_grad = bool(entropy_grad and want_entropy)
+        if entropy_grad:  # dH/dz = -p (log p + H), log p = (z - shift) - lse_shifted
+            ctx.save_for_backward(input, probs, shift, lse, entropy)
+        else:
+            ctx.save_for_backward(input, probs, shift)
+            ctx.mark_non_differentiable(entropy)
+        ctx.entropy_grad = entropy_grad
+        # an output not used downstream gets None, not zeros: no entropy term computed for
+        # an entropy that is only logged (the backward reads None as 0 for every output)
+        ctx.set_materialize_grads(False)
         ctx.index_target = index_target
         ctx.prob_spec = prob_spec
         ctx.transform = transform
-        ctx.mark_non_differentiable(entropy, argmax, shift)
+        ctx.mark_non_differentiable(argmax, shift)
         return lse, dot, mass, entropy, argmax, shift
 
     @staticmethod
-    def backward(ctx, grad_lse, grad_dot, grad_mass, _grad_entropy, _grad_argmax, _grad_shift):
+    def backward(ctx, grad_lse, grad_dot, grad_mass, grad_entropy, _grad_argmax, _grad_shift):
         refuse_double_backward(
             "crossent.cross_entropy (and focal_loss, poly1_cross_entropy and the other losses "
             "built on its softmax statistics)",
             "For a gradient of the gradient, use torch.nn.functional.cross_entropy / "
             "log_softmax on the logits.")
-        input, probs, shift = ctx.saved_tensors
+        input, probs, shift, *entropy_terms = ctx.saved_tensors
         need_input, need_probs = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         rows = to_rows(input)
         num_rows, num_classes = rows.shape
@@ -213,6 +231,13 @@ class _SoftmaxStatisticsFunction(torch.autograd.Function):
         grad_lse = zeros if grad_lse is None else grad_lse.to(acc)
         grad_dot = zeros if grad_dot is None else grad_dot.to(acc)
         grad_mass = zeros if grad_mass is None else grad_mass.to(acc)
+        if ctx.entropy_grad and grad_entropy is not None:
+            lse_shifted, entropy = entropy_terms
+            grad_entropy = grad_entropy.to(acc)
+            # dL/dz_c = p_c (grad_lse - grad_H (z_c - offset)), log p_c + H = z_c - offset
+            entropy_offset = shift + lse_shifted - entropy
+        else:
+            grad_entropy = None
         probs_rows = to_rows(probs) if probs is not None else None
         target = _resolve_target(ctx.index_target, probs_rows, ctx.prob_spec, acc)
         transform: ScoreTransform = ctx.transform
@@ -233,8 +258,12 @@ class _SoftmaxStatisticsFunction(torch.autograd.Function):
             z = transform.apply(rows[start:end], acc, out=scores)
             if need_input:
                 out = grad_rows[start:end] if direct else z if in_place else staging[: end - start]
+                coef = None
+                if grad_entropy is not None:  # before the softmax may overwrite z
+                    coef = _entropy_coefficient(z, entropy_offset[start:end],
+                                                grad_entropy[start:end], grad_lse[start:end])
                 grad_z = _softmax_into(z, out)
-                grad_z.mul_(grad_lse[start:end].unsqueeze(1))
+                grad_z.mul_(grad_lse[start:end].unsqueeze(1) if coef is None else coef)
                 target.rows(start, end).add_scaled_(grad_z, grad_dot[start:end])
                 transform.backward_(grad_z, z)
                 if not direct:
@@ -245,7 +274,17 @@ class _SoftmaxStatisticsFunction(torch.autograd.Function):
                 )
         grad_input = from_rows(grad_rows, input.shape) if need_input else None
         grad_probs = from_rows(grad_probs_rows, probs.shape) if need_probs else None
-        return grad_input, grad_probs, None, None, None, None, None
+        return grad_input, grad_probs, None, None, None, None, None, None
+
+
+def _entropy_coefficient(z: torch.Tensor, offset: torch.Tensor, grad_entropy: torch.Tensor,
+                         grad_lse: torch.Tensor) -> torch.Tensor:
+    """``grad_lse - grad_H (z - offset)`` per element (``z - offset = log p + H``), the
+    factor that multiplies ``p`` in the gradient; 0 where ``z = -inf`` (``p = 0``, whose
+    ``p log p`` term is 0, not ``0 * inf``). One chunk-sized temporary."""
+    coef = torch.sub(z, offset.unsqueeze(1))
+    coef.mul_(grad_entropy.neg().unsqueeze(1)).add_(grad_lse.unsqueeze(1))
+    return coef.masked_fill_(z == -torch.inf, 0.0)
 
 
 def softmax_statistics(
@@ -258,9 +297,14 @@ def softmax_statistics(
     entropy: bool = False,
     argmax: bool = False,
     num_classes: int | None = None,
+    entropy_grad: bool = False,
 ) -> SoftmaxStatistics:
     """Per-row ``lse_shifted``, ``dot_shifted``, ``mass``, ``shift`` (and optionally
     ``entropy``, ``argmax``): see the module docstring.
+
+    ``entropy_grad=True`` (with ``entropy=True``) makes the entropy differentiable
+    (``dH/dz_c = -p_c (log p_c + H)``, through the score transform); otherwise it is a
+    monitoring value without gradient.
 
     ``target`` is a built :class:`ClassIndexTarget` (rows order) or a probability
     tensor of the input's shape (then ``weight`` and ``label_smoothing`` apply to it, and
@@ -274,21 +318,23 @@ def softmax_statistics(
     """
     if functorch_active():
         return _composite_statistics(input, target, weight, label_smoothing, transform,
-                                     entropy, argmax, num_classes)
+                                     entropy, argmax, num_classes, entropy_grad)
     if isinstance(target, ClassIndexTarget):
         out = _SoftmaxStatisticsFunction.apply(
-            input, None, target, None, transform, entropy, argmax
+            input, None, target, None, transform, entropy, argmax, entropy_grad
         )
     else:
         spec = _ProbSpec(weight, label_smoothing, num_classes)
-        out = _SoftmaxStatisticsFunction.apply(input, target, None, spec, transform, entropy, argmax)
+        out = _SoftmaxStatisticsFunction.apply(input, target, None, spec, transform, entropy, argmax,
+                                               entropy_grad)
     lse, dot, mass, ent, best, shift = out
     return SoftmaxStatistics(lse, dot, mass, ent if entropy else None, best if argmax else None,
                              shift)
 
 
 def _composite_statistics(input, target, weight, label_smoothing, transform: ScoreTransform,
-                          entropy: bool, argmax: bool, num_classes) -> SoftmaxStatistics:
+                          entropy: bool, argmax: bool, num_classes,
+                          entropy_grad: bool = False) -> SoftmaxStatistics:
     """:func:`softmax_statistics` in differentiable PyTorch operations, for ``torch.func``
     transforms and forward-mode AD (no data-dependent control flow; higher derivatives
     too). Memory as ``F.cross_entropy``: autograd saves the ``N x C`` scores."""
@@ -316,10 +362,12 @@ def _composite_statistics(input, target, weight, label_smoothing, transform: Sco
         mass = t.sum(1)
     ent = best = None
     if entropy:
-        zd = z.detach()
+        zd = z if entropy_grad else z.detach()
         p = torch.softmax(zd, 1)
-        pz = torch.where(p > 0, p * zd, torch.zeros((), dtype=acc, device=z.device))
-        ent = lse.detach() - pz.sum(1)
+        zero = torch.zeros((), dtype=acc, device=z.device)
+        # z where p > 0 before the product: no 0 * -inf, in the value or in its gradient
+        pz = p * torch.where(p > 0, zd, zero)
+        ent = (lse if entropy_grad else lse.detach()) - pz.sum(1)
     if argmax:
         best = z.detach().argmax(1)
     return SoftmaxStatistics(lse, dot, mass, ent, best, shift)
