@@ -442,3 +442,13 @@ def check_no_transform(context: str, instead: str = "compute the logits and call
             f"jvp, hessian) or forward-mode AD: its tiled engine has a hand-written backward "
             f"only. Use loss.backward() / torch.autograd.grad, or {instead}, which supports them"
         )
+
+
+def check_logit_options(label_smoothing, z_loss, softcap, logit_scale) -> tuple:
+    """The cross-entropy options every front on logits shares, checked once:
+    ``label_smoothing`` in [0, 1], ``z_loss`` >= 0, ``softcap`` > 0 or None/inf (no cap),
+    ``logit_scale`` > 0, all finite. Returns them as floats (``softcap`` None for no cap)."""
+    return (check_unit_interval("label_smoothing", label_smoothing),
+            check_non_negative("z_loss", z_loss),
+            check_softcap("softcap", softcap),
+            check_positive("logit_scale", logit_scale, allow_none=False))

@@ -377,10 +377,8 @@ def _cross_entropy_args(input, target, weight, size_average, ignore_index, reduc
     _check_input(input)
     if not isinstance(target, torch.Tensor):
         raise _checks.ArgumentTypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
-    label_smoothing = _checks.check_unit_interval("label_smoothing", label_smoothing)
-    z_loss = _checks.check_non_negative("z_loss", z_loss)
-    softcap = _checks.check_softcap("softcap", softcap)
-    logit_scale = _checks.check_positive("logit_scale", logit_scale, allow_none=False)
+    label_smoothing, z_loss, softcap, logit_scale = _checks.check_logit_options(
+        label_smoothing, z_loss, softcap, logit_scale)
     _checks.check_choice("all_ignored", all_ignored, ALL_IGNORED_CHOICES)
     transform = ScoreTransform(logit_scale=logit_scale, softcap=softcap)
     num_classes = _num_classes(input)

@@ -131,10 +131,8 @@ def _linear_args(input, linear_weight, target, linear_bias, weight, reduction, i
                  check_bounds=True) -> LinearArgs:
     reduction = _checks.check_reduction(reduction)
     _check_shapes(input, linear_weight, linear_bias)
-    label_smoothing = _checks.check_unit_interval("label_smoothing", label_smoothing)
-    z_loss = _checks.check_non_negative("z_loss", z_loss)
-    softcap = _checks.check_softcap("softcap", softcap)
-    logit_scale = _checks.check_positive("logit_scale", logit_scale, allow_none=False)
+    label_smoothing, z_loss, softcap, logit_scale = _checks.check_logit_options(
+        label_smoothing, z_loss, softcap, logit_scale)
     _checks.check_choice("all_ignored", all_ignored, ALL_IGNORED_CHOICES)
     backend = resolve_backend(backend, input.device)
     index, probs, ignore_index = _split_target(input, target, linear_weight.shape[0], weight,
