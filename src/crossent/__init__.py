@@ -55,6 +55,8 @@ from .margin import (
     sphereface_loss,
     subcenter_arcface_loss,
 )
+# sampled softmax for retrieval (issue 19)
+from .retrieval import sampled_softmax_loss
 from .nn import (
     BCELoss,
     BCEWithLogitsLoss,
@@ -126,4 +128,6 @@ __all__ = [
     "LargeMarginSoftmax",
     "CombinedMargin",
     "SubCenterArcFace",
+    # retrieval (crossent.retrieval)
+    "sampled_softmax_loss",
 ]

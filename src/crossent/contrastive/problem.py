@@ -41,6 +41,12 @@ class Problem:
     ``cols``: column statistics wanted (CLIP's text->image direction; column ``j``'s
     target is row ``j``, global indices of rows and columns coincide). ``self_offset``:
     exclude column ``row + self_offset`` (global), for self-similarity.
+
+    Per-column terms (the sampled softmax, :mod:`crossent.retrieval`): ``col_bias``
+    (``(m,)``, accumulation dtype, no gradient) is added to every score of its local
+    column; ``row_ids`` (``(n,)``) and ``col_ids`` (``(m,)``, int64) exclude from row
+    ``i`` every other column carrying the id of row ``i`` (accidental hits). Across ranks
+    they travel with their columns (:mod:`crossent.contrastive.sharded`).
     """
 
     aggregate: str
@@ -50,6 +56,9 @@ class Problem:
     labels: torch.Tensor | None = None
     cols: bool = False
     self_offset: int | None = None
+    col_bias: torch.Tensor | None = None
+    row_ids: torch.Tensor | None = None
+    col_ids: torch.Tensor | None = None
 
     @property
     def acc(self) -> torch.dtype:
@@ -63,16 +72,22 @@ class Problem:
         return LabelSetTarget(self.labels, index, count, self.labels, home_col_start)
 
     def block(self, row_target, row_start: int, col_start: int, num_cols: int,
-              col_labels: torch.Tensor | None = None) -> sim.Block:
+              col_labels: torch.Tensor | None = None, col_bias: torch.Tensor | None = None,
+              col_ids: torch.Tensor | None = None) -> sim.Block:
         """The :class:`~crossent.kernels.similarity.Block` of the local rows (global
-        ``row_start``) against ``num_cols`` columns from global ``col_start``."""
+        ``row_start``) against ``num_cols`` columns from global ``col_start``, whose
+        ``col_bias`` / ``col_ids`` are given (the gathered ones across ranks) or, for the
+        local columns, the problem's own."""
         if col_labels is not None:
             row_target = row_target.with_columns(col_labels, col_start)
         col_target = None
         if self.cols:
             index = torch.arange(col_start, col_start + num_cols, device=self.a.device)
             col_target = ClassIndexTarget.indices(index, self.acc)
-        return sim.Block(self.aggregate, row_target, col_target, self.self_offset, row_start, col_start)
+        col_bias = self.col_bias if col_bias is None else col_bias
+        col_ids = self.col_ids if col_ids is None else col_ids
+        return sim.Block(self.aggregate, row_target, col_target, self.self_offset, row_start,
+                         col_start, col_bias, self.row_ids if col_ids is not None else None, col_ids)
 
 
 def positive_counts(labels: torch.Tensor, all_labels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

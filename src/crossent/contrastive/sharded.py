@@ -78,9 +78,10 @@ def run(context: str, opts, build):
         same = {"dim": prob.a.shape[1], "dtype": str(prob.a.dtype), "device": prob.a.device.type,
                 "aggregate": prob.aggregate, "cols": prob.cols,
                 "labels": prob.labels is not None, "self": prob.self_offset,
-                "design": opts.design}
+                "design": opts.design, "accidental_hits": prob.col_ids is not None}
         same.update({name: _host_value(value) for name, value in hyper.items()})
-        each = {"rows": prob.a.shape[0], "cols": prob.b.shape[0]}
+        each = {"rows": prob.a.shape[0], "cols": prob.b.shape[0],
+                "col_bias": prob.col_bias is not None}
     except D.LOCAL_ERRORS as exc:  # raised on every rank by the agreement check
         error = exc
     records = D.check_agreement(where, group, same=same, each=each, error=error)
@@ -95,7 +96,8 @@ def run(context: str, opts, build):
         all_labels = torch.cat(D.gather_uneven(prob.labels, group, col_sizes))
         count = positive_counts(prob.labels, all_labels, prob.acc)
     target = prob.row_target(col_starts[rank], count)
-    layout = _Layout(rank, world, row_sizes, col_sizes, row_starts, col_starts)
+    layout = _Layout(rank, world, row_sizes, col_sizes, row_starts, col_starts,
+                     col_bias=any(r["col_bias"] for r in records))
     design = _gather if opts.design == "gather" else _ring
     stats = design(context, prob, scale, bias, target, layout, opts)
     return Result(stats, row_starts[rank], total_rows, total_cols, target, scale)
@@ -103,17 +105,18 @@ def run(context: str, opts, build):
 
 def _host_value(value):
     """A hyperparameter as the agreement record holds it: a float (a tensor's value, read
-    once), or None."""
-    if value is None:
-        return None
+    once), a string (a choice such as a reduction), or None."""
+    if value is None or isinstance(value, str):
+        return value
     if isinstance(value, torch.Tensor):
         return float(value.detach().reshape(()).item())
     return float(value)
 
 
 class _Layout:
-    def __init__(self, rank, world, row_sizes, col_sizes, row_starts, col_starts):
+    def __init__(self, rank, world, row_sizes, col_sizes, row_starts, col_starts, col_bias=False):
         self.rank, self.world = rank, world
+        self.col_bias = col_bias  # some rank's columns carry a bias (the others': 0)
         self.row_sizes, self.col_sizes = row_sizes, col_sizes
         self.row_starts, self.col_starts = row_starts, col_starts
 
@@ -132,8 +135,15 @@ def _gather(context, prob, scale, bias, target, lay: _Layout, opts) -> Statistic
     col_labels = None
     if prob.labels is not None:
         col_labels = torch.cat(D.gather_uneven(prob.labels, group, lay.col_sizes))
+    col_bias = col_ids = None
+    if lay.col_bias:  # some rank corrects its columns: 0 for the columns of the others
+        own = prob.col_bias if prob.col_bias is not None else prob.b.new_zeros(
+            prob.b.shape[0], dtype=prob.acc)
+        col_bias = torch.cat(D.gather_uneven(own, group, lay.col_sizes))
+    if prob.col_ids is not None:
+        col_ids = torch.cat(D.gather_uneven(prob.col_ids, group, lay.col_sizes))
     n, m = prob.a.shape[0], b_all.shape[0]
-    blk = prob.block(target, lay.row_starts[lay.rank], 0, m, col_labels)
+    blk = prob.block(target, lay.row_starts[lay.rank], 0, m, col_labels, col_bias, col_ids)
     backend = resolve_backend(opts.backend, prob.a.device)
     stats = similarity_statistics(prob.a, b_all, scale, bias, blk, opts.plan(n, m), backend,
                                   context=context)

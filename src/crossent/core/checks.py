@@ -452,3 +452,58 @@ def check_logit_options(label_smoothing, z_loss, softcap, logit_scale) -> tuple:
             check_non_negative("z_loss", z_loss),
             check_softcap("softcap", softcap),
             check_positive("logit_scale", logit_scale, allow_none=False))
+
+
+# ------------------------------------------------------------ per-item vectors
+
+
+def check_id_vector(name: str, ids, length: int, device: torch.device) -> torch.Tensor:
+    """Integer ids of ``length`` items (an int64 ``(length,)`` tensor on ``device``), e.g.
+    the item ids of a sampled softmax. Returns them.
+
+    Raises:
+        ArgumentTypeError: not a tensor, or not int64.
+        ArgumentError: a wrong shape or device.
+    """
+    if not isinstance(ids, torch.Tensor):
+        raise ArgumentTypeError(f"{name} must be a torch.Tensor of int64 ids, got {type(ids).__name__}")
+    if ids.dtype != torch.int64:
+        raise ArgumentTypeError(f"{name} must hold int64 ids, got {ids.dtype}")
+    if tuple(ids.shape) != (length,):
+        raise ArgumentError(f"{name} must have shape [{length}], got {list(ids.shape)}")
+    if ids.device != device:
+        raise ArgumentError(f"{name} is on {ids.device}, expected {device}")
+    return ids
+
+
+def check_finite_vector(name: str, x, length: int, device: torch.device) -> torch.Tensor:
+    """A floating ``(length,)`` tensor on ``device`` whose every value is finite (e.g. the
+    log sampling probabilities of a sampled softmax): eager on the CPU, a device-side
+    assertion elsewhere (no host synchronisation). Returns it.
+
+    Raises:
+        ArgumentTypeError: not a floating tensor.
+        ArgumentError: a wrong shape or device, or a value that is NaN or infinite.
+    """
+    check_floating(name, x)
+    if tuple(x.shape) != (length,):
+        raise ArgumentError(f"{name} must have shape [{length}], got {list(x.shape)}")
+    if x.device != device:
+        raise ArgumentError(f"{name} is on {x.device}, expected {device}")
+    values = plain_tensor(x).detach()
+    if values.device.type == "cpu" and not torch.compiler.is_compiling():
+        bad = ~torch.isfinite(values)
+        if bool(bad.any()):
+            first = values[bad][0].item()
+            raise ArgumentError(f"{name} must hold finite values, got {first} at index "
+                                f"{int(bad.nonzero()[0, 0])}")
+    else:
+        torch._assert_async(torch.isfinite(values).all(), f"crossent: {name} must hold finite values")
+    return x
+
+
+def check_bool(name: str, value) -> bool:
+    """A flag: ``True`` or ``False`` (not an int, not a tensor)."""
+    if not isinstance(value, bool):
+        raise ArgumentTypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    return value

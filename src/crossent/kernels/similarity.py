@@ -2,7 +2,8 @@
 
 Contrastive losses score rows ``a`` (``(n, d)``) against columns ``b`` (``(m, d)``)::
 
-    z_ij = scale * <a_i, b_j> + bias          (-inf where column j is row i itself)
+    z_ij = scale * <a_i, b_j> + bias (+ col_bias_j)   (-inf where column j is row i itself,
+                                                       or an excluded accidental hit)
 
 and need, per row and/or per column, an *aggregate* of the scores and a *target dot*:
 
@@ -197,6 +198,14 @@ class Block:
     not wanted. ``self_offset``: column ``row + self_offset`` (global) is excluded
     (``-inf``), or ``None``. ``row_start`` / ``col_start``: global index of ``a[0]`` /
     ``b[0]``.
+
+    Per-column terms (sampled softmax, :mod:`crossent.retrieval`), aligned with the
+    block's columns ``b`` (``(m,)``): ``col_bias`` is added to every score of its column
+    (the logQ correction ``-log Q(j)``); with ``row_ids`` (``(n,)``, aligned with ``a``)
+    and ``col_ids`` (int64), column ``j`` is excluded (``-inf``) from row ``i`` where
+    ``col_ids[j] == row_ids[i]``, except row ``i``'s own target column (accidental hits;
+    the row target must then be :meth:`~crossent.core.targets.ClassIndexTarget.indices`).
+    None: no such term.
     """
 
     aggregate: str
@@ -205,6 +214,9 @@ class Block:
     self_offset: int | None = None
     row_start: int = 0
     col_start: int = 0
+    col_bias: torch.Tensor | None = None
+    row_ids: torch.Tensor | None = None
+    col_ids: torch.Tensor | None = None
 
     @property
     def rows(self) -> bool:
@@ -261,7 +273,19 @@ def _scores_(out: torch.Tensor, ops: Operands, blk: Block, b: torch.Tensor,
     if blk.self_offset is not None:
         k = blk.row_start + r0 + blk.self_offset - (blk.col_start + c0)
         torch.diagonal(out, k).fill_(-torch.inf)
+    if blk.col_bias is not None:
+        out.add_(blk.col_bias[c0:c1])
+    if blk.col_ids is not None:
+        out.masked_fill_(_hits(blk, r0, r1, c0, c1), -torch.inf)
     return out
+
+
+def _hits(blk: Block, r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
+    """``(r1 - r0, c1 - c0)`` bool: the columns sharing the row's id, other than the row's
+    own target column (accidental hits)."""
+    hit = blk.row_ids[r0:r1, None] == blk.col_ids[None, c0:c1]
+    cols = torch.arange(blk.col_start + c0, blk.col_start + c1, device=hit.device)
+    return hit & (cols[None, :] != blk.row_target.index[r0:r1, None])
 
 
 def block_forward(ops: Operands, b: torch.Tensor, blk: Block, p: TilePlan,

@@ -18,7 +18,8 @@ The contract of :mod:`crossent.kernels.similarity` (``block_forward`` /
   backend (:func:`crossent.kernels.similarity.block_backward`).
 
 Targets handled on chip: one target column per row (``ClassIndexTarget.indices``) and
-SupCon's label sets; columns' targets are rows of the same global index. Float64 runs on
+SupCon's label sets; columns' targets are rows of the same global index. Float64, and
+blocks with per-column terms (the sampled softmax's logQ bias and accidental hits), run on
 the PyTorch backend. Under ``TRITON_INTERPRET=1`` the same kernels run on the CPU (tests).
 """
 
@@ -207,7 +208,8 @@ def supported(ops: sim.Operands, blk: sim.Block) -> bool:
         return t is None or (isinstance(t, ClassIndexTarget) and t.weight is None and not t.label_smoothing)
 
     row_ok = index_ok(blk.row_target) or isinstance(blk.row_target, LabelSetTarget)
-    return ops.a.dtype == torch.float32 and row_ok and index_ok(blk.col_target)
+    plain = blk.col_bias is None and blk.col_ids is None  # per-column terms: PyTorch tiles
+    return ops.a.dtype == torch.float32 and row_ok and index_ok(blk.col_target) and plain
 
 
 def _target_args(ops: sim.Operands, blk: sim.Block) -> dict:
