@@ -7,6 +7,7 @@
   estimate of each item's sampling probability (Yi et al., 2019), giving ``log_q``.
 """
 
+from .frequency import FrequencyEstimator
 from .front import sampled_softmax_loss
 
-__all__ = ["sampled_softmax_loss"]
+__all__ = ["sampled_softmax_loss", "FrequencyEstimator"]
