@@ -342,7 +342,7 @@ ERRORS = [
     (dict(remove_accidental_hits=1), ArgumentTypeError, "remove_accidental_hits must be a bool"),
     (dict(reduction="avg"), ArgumentError, "reduction"),
     (dict(memory_budget=0), ArgumentError, "memory_budget must be a positive int"),
-    (dict(design="ring"), ArgumentError, "design must be one of ('gather',)"),
+    (dict(design="tree"), ArgumentError, "design must be one of ('gather', 'ring')"),
     (dict(query=torch.randn(0, 4), item=torch.randn(0, 4), item_ids=torch.arange(0),
           item_log_q=torch.zeros(0)), ArgumentError, "query must hold at least one row"),
 ]

@@ -81,7 +81,7 @@ def _rank_job(rank, world_size, cases):
     import crossent as ce
 
     results = []
-    for case, sizes, seed in cases:
+    for case, design, sizes, seed in cases:
         pools = POOLS[world_size]
         x = _global_inputs(sum(sizes), sum(pools), seed)
         sl, psl = _slices(sizes)[rank], _slices(pools)[rank]
@@ -92,7 +92,7 @@ def _rank_job(rank, world_size, cases):
         kw = _arguments(case, x, sl, psl, logq_here=rank == 0)
         loss = ce.sampled_softmax_loss(q, it, negatives=pool, temperature=t,
                                        reduction=_reduction(case), memory_budget=3 * 1024,
-                                       group=dist.group.WORLD, **kw)
+                                       group=dist.group.WORLD, design=design, **kw)
         (loss.sum() if case == "none" else loss).backward()
         results.append({
             "loss": loss.detach(),
@@ -120,13 +120,14 @@ def _single_process(case, sizes, pools, seed):
 
 
 @pytest.mark.parametrize("world_size", [2, 4])
-def test_gather_equals_one_process(rank_pool, world_size):
-    cases = [(case, sizes, 11 + i) for i, sizes in enumerate(SIZES[world_size]) for case in CASES]
+def test_gather_and_ring_equal_one_process(rank_pool, world_size):
+    cases = [(case, design, sizes, 11 + i) for i, sizes in enumerate(SIZES[world_size])
+             for case in CASES for design in ("gather", "ring")]
     per_rank = rank_pool(world_size).run(_rank_job, cases, timeout=600)
     pools = POOLS[world_size]
-    for c, (case, sizes, seed) in enumerate(cases):
+    for c, (case, design, sizes, seed) in enumerate(cases):
         loss, params, gq, gi, gp = _single_process(case, sizes, pools, seed)
-        where = f"{case}, sizes={sizes}, pools={pools}"
+        where = f"{case}, design={design}, sizes={sizes}, pools={pools}"
         # 'none': each rank backpropagates the sum of its rows, a local loss: DDP's average
         # is the global sum's gradient / W, the features get the global gradient itself
         factor = 1 / world_size if case == "none" else 1.0

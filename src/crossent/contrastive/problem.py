@@ -76,8 +76,9 @@ class Problem:
               col_ids: torch.Tensor | None = None) -> sim.Block:
         """The :class:`~crossent.kernels.similarity.Block` of the local rows (global
         ``row_start``) against ``num_cols`` columns from global ``col_start``, whose
-        ``col_bias`` / ``col_ids`` are given (the gathered ones across ranks) or, for the
-        local columns, the problem's own."""
+        ``col_bias`` / ``col_ids`` are given (another rank's, or all ranks' gathered) or
+        else the problem's own (the local columns; across ranks the ranks agree on
+        whether there are ids, and a bias is passed wherever any rank has one)."""
         if col_labels is not None:
             row_target = row_target.with_columns(col_labels, col_start)
         col_target = None

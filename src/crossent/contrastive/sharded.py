@@ -132,18 +132,10 @@ def all_reduce_sum(x: torch.Tensor, group) -> torch.Tensor:
 def _gather(context, prob, scale, bias, target, lay: _Layout, opts) -> Statistics:
     group = opts.group
     b_all = D.all_gather(prob.b, group, sizes=lay.col_sizes)
-    col_labels = None
-    if prob.labels is not None:
-        col_labels = torch.cat(D.gather_uneven(prob.labels, group, lay.col_sizes))
-    col_bias = col_ids = None
-    if lay.col_bias:  # some rank corrects its columns: 0 for the columns of the others
-        own = prob.col_bias if prob.col_bias is not None else prob.b.new_zeros(
-            prob.b.shape[0], dtype=prob.acc)
-        col_bias = torch.cat(D.gather_uneven(own, group, lay.col_sizes))
-    if prob.col_ids is not None:
-        col_ids = torch.cat(D.gather_uneven(prob.col_ids, group, lay.col_sizes))
+    terms = {name: torch.cat(D.gather_uneven(t, group, lay.col_sizes))
+             for name, t in _column_terms(prob, lay).items()}
     n, m = prob.a.shape[0], b_all.shape[0]
-    blk = prob.block(target, lay.row_starts[lay.rank], 0, m, col_labels, col_bias, col_ids)
+    blk = prob.block(target, lay.row_starts[lay.rank], 0, m, **terms)
     backend = resolve_backend(opts.backend, prob.a.device)
     stats = similarity_statistics(prob.a, b_all, scale, bias, blk, opts.plan(n, m), backend,
                                   context=context)
@@ -154,6 +146,21 @@ def _gather(context, prob, scale, bias, target, lay: _Layout, opts) -> Statistic
                                      shift=stats.col_shift, mass=stats.col_mass)
     return Statistics(stats.row_agg, stats.row_dot, col_agg[start:start + size],
                           col_dot[start:start + size])
+
+
+def _column_terms(prob, lay: _Layout) -> dict:
+    """What travels with this rank's columns besides their features (no gradient), by
+    the name :meth:`~crossent.contrastive.problem.Problem.block` takes: SupCon's labels, the
+    columns' bias (0 here if another rank's columns have one), their ids."""
+    terms = {}
+    if prob.labels is not None:
+        terms["col_labels"] = prob.labels.contiguous()
+    if lay.col_bias:
+        terms["col_bias"] = (prob.col_bias.contiguous() if prob.col_bias is not None
+                             else prob.b.new_zeros(prob.b.shape[0], dtype=prob.acc))
+    if prob.col_ids is not None:
+        terms["col_ids"] = prob.col_ids.contiguous()
+    return terms
 
 
 def merge_columns(partial_lse: torch.Tensor, partial_dot: torch.Tensor, group, *,
@@ -186,9 +193,7 @@ def merge_columns(partial_lse: torch.Tensor, partial_dot: torch.Tensor, group, *
 
 def _ring(context, prob, scale, bias, target, lay: _Layout, opts) -> Statistics:
     backend = resolve_backend(opts.backend, prob.a.device)
-    labels = prob.labels
-    out = _RingFunction.apply(prob.a, prob.b, scale, bias, prob, target, labels, lay, opts, backend,
-                              context)
+    out = _RingFunction.apply(prob.a, prob.b, scale, bias, prob, target, lay, opts, backend, context)
     return Statistics(*out)
 
 
@@ -221,7 +226,7 @@ class _RingFunction(torch.autograd.Function):
     """Local rows' statistics and own columns' statistics, with the columns on a ring."""
 
     @staticmethod
-    def forward(ctx, a, b, scale, bias, prob, target, labels, lay: _Layout, opts, backend, context):
+    def forward(ctx, a, b, scale, bias, prob, target, lay: _Layout, opts, backend, context):
         kernels = backend_module(backend)
         agg = sim.aggregate(prob.aggregate)
         ops = sim.Operands.build(a, b, scale, bias)
@@ -230,7 +235,7 @@ class _RingFunction(torch.autograd.Function):
         row_state = agg.init(n, acc, dev)
         rank, world = lay.rank, lay.world
         block = ops.b.contiguous()
-        block_labels = labels.contiguous() if labels is not None else None
+        terms = _column_terms(prob, lay)
         col_state = agg.init(block.shape[0], acc, dev) if prob.cols else None
         features, stats_ring = _Ring(opts.group), _Ring(opts.group)
         for step in range(world):
@@ -238,13 +243,9 @@ class _RingFunction(torch.autograd.Function):
             nxt = (rank - step - 1) % world
             incoming = []
             if step + 1 < world:  # the next block is in flight while this one is computed
-                incoming = [_empty_like_block(block, lay.col_sizes[nxt])]
-                send = [block]
-                if block_labels is not None:
-                    incoming.append(_empty_like_block(block_labels, lay.col_sizes[nxt]))
-                    send.append(block_labels)
-                features.start(send, incoming)
-            blk = prob.block(target, lay.row_starts[rank], lay.col_starts[k], block.shape[0], block_labels)
+                incoming = [_empty_like_block(x, lay.col_sizes[nxt]) for x in [block, *terms.values()]]
+                features.start([block, *terms.values()], incoming)
+            blk = prob.block(target, lay.row_starts[rank], lay.col_starts[k], block.shape[0], **terms)
             p = opts.plan(n, block.shape[0])
             part = agg.init(block.shape[0], acc, dev) if prob.cols else None
             kernels.block_forward(ops, block, blk, p, row_state, part)
@@ -257,13 +258,13 @@ class _RingFunction(torch.autograd.Function):
             features.wait()
             if incoming:
                 block = incoming[0]
-                block_labels = incoming[1] if block_labels is not None else None
+                terms = dict(zip(terms, incoming[1:]))
         stats_ring.wait()  # after W hops the statistics of this rank's own columns are home
         empty = a.new_empty(0, dtype=acc)
         row_value = agg.value(row_state)
         col_value = agg.value(col_state) if prob.cols else empty
         ctx.save_for_backward(a, b, scale, bias, row_value, col_value)
-        ctx.prob, ctx.target, ctx.labels, ctx.lay, ctx.opts = prob, target, labels, lay, opts
+        ctx.prob, ctx.target, ctx.lay, ctx.opts = prob, target, lay, opts
         ctx.backend, ctx.context = backend, context
         # the losses see the statistics relative to the max (sim.Statistics)
         row_agg, row_dot = agg.loss_terms(row_state)
@@ -275,7 +276,7 @@ class _RingFunction(torch.autograd.Function):
         refuse_double_backward(ctx.context)  # before any exchange: every rank raises alike
         a, b, scale, bias, row_value, col_value = ctx.saved_tensors
         kernels = backend_module(ctx.backend)
-        prob, target, labels, lay, opts = ctx.prob, ctx.target, ctx.labels, ctx.lay, ctx.opts
+        prob, target, lay, opts = ctx.prob, ctx.target, ctx.lay, ctx.opts
         need_a, need_b, need_scale, need_bias = ctx.needs_input_grad[:4]
         ops = sim.Operands.build(a, b, scale, bias)
         acc, dev = ops.a.dtype, a.device
@@ -286,10 +287,10 @@ class _RingFunction(torch.autograd.Function):
             return torch.zeros(size, dtype=acc, device=dev) if x is None else x.to(acc)
 
         row_grads = (sim.finite(row_value), _g(g_row, n), _g(g_row_dot, n))
-        # What travels with a block: its features, (labels), and for CLIP the columns'
+        # What travels with a block: its features, its terms, and for CLIP the columns'
         # aggregate and the upstream gradients of their statistics.
         block = ops.b.contiguous()
-        block_labels = labels.contiguous() if labels is not None else None
+        terms = _column_terms(prob, lay)
         col_info = None
         if prob.cols:
             m = b.shape[0]
@@ -303,15 +304,12 @@ class _RingFunction(torch.autograd.Function):
             nxt = (rank - step - 1) % world
             incoming = []
             if step + 1 < world:
-                send = [block] + ([block_labels] if block_labels is not None else []) + (
-                    [col_info] if col_info is not None else [])
-                incoming = [_empty_like_block(block, lay.col_sizes[nxt])]
-                if block_labels is not None:
-                    incoming.append(_empty_like_block(block_labels, lay.col_sizes[nxt]))
+                send = [block, *terms.values()] + ([col_info] if col_info is not None else [])
+                incoming = [_empty_like_block(x, lay.col_sizes[nxt]) for x in [block, *terms.values()]]
                 if col_info is not None:
                     incoming.append(col_info.new_empty(3, lay.col_sizes[nxt]))
                 features.start(send, incoming)
-            blk = prob.block(target, lay.row_starts[rank], lay.col_starts[k], block.shape[0], block_labels)
+            blk = prob.block(target, lay.row_starts[rank], lay.col_starts[k], block.shape[0], **terms)
             grads = sim.BlockGrads(*row_grads, *(tuple(col_info) if col_info is not None else (None,) * 3))
             grad_block = torch.zeros_like(block)
             kernels.block_backward(ops, block, blk, opts.plan(n, block.shape[0]), grads, grad_a,
@@ -325,8 +323,8 @@ class _RingFunction(torch.autograd.Function):
             if incoming:
                 block = incoming[0]
                 rest = incoming[1:]
-                if block_labels is not None:
-                    block_labels = rest.pop(0)
+                terms = dict(zip(terms, rest[:len(terms)]))
+                rest = rest[len(terms):]
                 if col_info is not None:
                     col_info = rest.pop(0)
         grads_ring.wait()  # after W hops this rank's own columns' gradient is home
@@ -336,5 +334,5 @@ class _RingFunction(torch.autograd.Function):
             travelling.to(b.dtype) if need_b else None,
             g_scale.to(scale.dtype) if g_scale is not None else None,
             grad_bias.to(bias.dtype) if grad_bias is not None else None,
-            None, None, None, None, None, None, None,
+            None, None, None, None, None, None,
         )

@@ -5,8 +5,9 @@ sampled negatives — with ``(q_r . c) / T - log Q(c)``, and its loss is the cro
 its own item. That is the in-batch softmax of :func:`crossent.info_nce` with a per-column
 bias and id-masked columns, so it is one :class:`crossent.contrastive.problem.Problem`
 (``col_bias``, ``row_ids`` / ``col_ids``) run by the contrastive engine: tiled, never
-``B x (B + M)``, one pass forward and one backward; across ranks the gather design of
-:mod:`crossent.contrastive.sharded`.
+``B x (B + M)``, one pass forward and one backward; across ranks the gather and ring
+designs of :mod:`crossent.contrastive.sharded`, the columns' bias and ids travelling with
+their features.
 """
 
 from __future__ import annotations
@@ -74,7 +75,9 @@ def sampled_softmax_loss(query: torch.Tensor, item: torch.Tensor, *,
         memory_budget: bytes of score tiles (default
             :data:`crossent.core.tiles.BUDGETS`; small budgets tile finely).
         group: a ``torch.distributed`` process group (``None``: one process).
-        design: across ranks, ``'gather'`` (the columns are all-gathered).
+        design: across ranks, ``'gather'`` (every rank's columns are all-gathered) or
+            ``'ring'`` (they pass around a ring; memory per rank does not grow with the
+            number of ranks), see :mod:`crossent.contrastive.sharded`.
     Shape:
         query and item ``(B, D)``, item_ids and item_log_q ``(B,)``, negatives ``(M, D)``,
         negative_ids and negative_log_q ``(M,)``; the output a scalar, or ``(B,)`` for
@@ -104,7 +107,6 @@ def sampled_softmax_loss(query: torch.Tensor, item: torch.Tensor, *,
     opts = Options(memory_budget=memory_budget, group=group, design=design)
 
     def build():
-        _checks.check_choice("design", design, ("gather",))
         _check_pair("query", query, "item", item, same_rows=True, opts=opts)
         keys, n, dev = item, query.shape[0], query.device
         m = 0
