@@ -267,14 +267,15 @@ def _tiles(n: int, m: int, p: TilePlan):
 def _scores_(out: torch.Tensor, ops: Operands, blk: Block, b: torch.Tensor,
              r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
     """``out`` (a tile buffer) = ``z`` for rows ``[r0, r1)`` and columns ``[c0, c1)``."""
-    _into(out, torch.mm, ops.a_scaled[r0:r1], b[c0:c1].T)
+    if blk.col_bias is None:
+        _into(out, torch.mm, ops.a_scaled[r0:r1], b[c0:c1].T)
+    else:  # the columns' bias enters the product (no second pass over the tile)
+        _into(out, torch.addmm, blk.col_bias[c0:c1].unsqueeze(0), ops.a_scaled[r0:r1], b[c0:c1].T)
     if ops.bias is not None:
         out.add_(ops.bias)
     if blk.self_offset is not None:
         k = blk.row_start + r0 + blk.self_offset - (blk.col_start + c0)
         torch.diagonal(out, k).fill_(-torch.inf)
-    if blk.col_bias is not None:
-        out.add_(blk.col_bias[c0:c1])
     if blk.col_ids is not None:
         out.masked_fill_(_hits(blk, r0, r1, c0, c1), -torch.inf)
     return out
@@ -284,8 +285,11 @@ def _hits(blk: Block, r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
     """``(r1 - r0, c1 - c0)`` bool: the columns sharing the row's id, other than the row's
     own target column (accidental hits)."""
     hit = blk.row_ids[r0:r1, None] == blk.col_ids[None, c0:c1]
-    cols = torch.arange(blk.col_start + c0, blk.col_start + c1, device=hit.device)
-    return hit & (cols[None, :] != blk.row_target.index[r0:r1, None])
+    # the row's own target column, where it lies in the tile, is no hit (O(rows) work)
+    local = blk.row_target.index[r0:r1] - (blk.col_start + c0)
+    inside = ((local >= 0) & (local < c1 - c0)).unsqueeze(1)
+    at = local.clamp(0, c1 - c0 - 1).unsqueeze(1)
+    return hit.scatter_(1, at, hit.gather(1, at) & ~inside)
 
 
 def block_forward(ops: Operands, b: torch.Tensor, blk: Block, p: TilePlan,
