@@ -115,6 +115,11 @@ CASES = {
                     lambda d: ref.supcon(d["views"], d["labels"])),
     "siglip_loss": (("f1", "f2", "scale", "bias"), lambda d: ce.siglip_loss(
         d["f1"], d["f2"], d["scale"], d["bias"]), lambda d: ref.siglip(d["f1"], d["f2"], d["scale"], d["bias"])),
+    # retrieval: logQ correction, pool negatives, accidental hits (labels repeat as ids)
+    "sampled_softmax_loss": (("f1", "f2", "w", "temperature"), lambda d: ce.sampled_softmax_loss(
+        d["f1"], d["f2"], item_ids=d["labels"], item_log_q=d["b"][:N].detach(),
+        negatives=d["w"][:3], negative_ids=d["labels"][:3], negative_log_q=d["b"][N:N + 3].detach(),
+        temperature=d["temperature"]), None),
 }
 
 

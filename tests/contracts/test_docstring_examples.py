@@ -46,6 +46,7 @@ PUBLIC_MODULES = [
     "crossent.partial_fc",  # alias of crossent.margin.partial_fc
     "crossent.margin.partial_fc",
     "crossent.contrastive",
+    "crossent.retrieval",
     "crossent.integrations.transformers",
 ]
 

@@ -210,6 +210,8 @@ UNSUPPORTED = [
     ("info_nce", "crossent.info_nce", lambda x: ce.info_nce(x, x + 1)),
     ("nt_xent", "crossent.nt_xent", lambda x: ce.nt_xent(x, x + 1)),
     ("supcon_loss", "crossent.supcon_loss", lambda x: ce.supcon_loss(x, torch.tensor([0, 0, 1]))),
+    ("sampled_softmax_loss", "crossent.sampled_softmax_loss",
+     lambda x: ce.sampled_softmax_loss(x, x + 1, item_log_q=torch.zeros(3, dtype=D))),
     ("cross_entropy-group", "crossent.cross_entropy\\(group=",
      lambda x: ce.cross_entropy(x, torch.tensor([0, 1, 2]), group=object())),
 ]
