@@ -89,6 +89,9 @@ class FrequencyEstimator(nn.Module):
         device: where the state lives.
     Shape:
         ids ``(n,)`` int64; :meth:`log_q` returns ``(n,)`` float32.
+    Returns:
+        :meth:`update` returns None (the state changes in place); :meth:`log_q` the
+        estimated log sampling probability of each id, float32.
     Example:
         >>> import torch
         >>> from crossent.retrieval import FrequencyEstimator
