@@ -36,7 +36,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import crossent as ce
 from crossent.retrieval import FrequencyEstimator
@@ -141,16 +140,20 @@ def plot(results: dict, target_ranks: torch.Tensor, items: int, path: Path, dpi:
     left.set_ylabel("recall@k (held-out pairs)")
     left.set_title(f"retrieval from {items:,} items")
     left.legend(fontsize=8)
-    bins = torch.logspace(0, math.log10(items), 30)
-    right.hist(target_ranks.numpy() + 1, bins=bins.numpy(), histtype="step", color="k",
-               density=True, label="true items of the queries", lw=1.5)
+    bins = torch.logspace(0, math.log10(items), 26).numpy()
+
+    def fractions(ranks):  # each bar: the fraction of the items in that band of ranks
+        return dict(x=ranks.numpy() + 1, weights=torch.full((ranks.numel(),), 1 / ranks.numel()).numpy())
+
+    right.hist(**fractions(target_ranks), bins=bins, histtype="step", color="k",
+               label="true items of the queries", lw=1.5)
     for name, (_, ranks) in results.items():
-        if name in styles and not name.startswith("Bayes"):
-            right.hist(ranks.numpy() + 1, bins=bins.numpy(), histtype="step",
-                       color=styles[name][:2], density=True, label=f"top-10: {name}")
+        if not name.startswith("Bayes"):
+            right.hist(**fractions(ranks), bins=bins, histtype="step", color=styles[name][:2],
+                       label=f"top-10: {name}")
     right.set_xscale("log")
     right.set_xlabel("popularity rank of the item (1 = most popular)")
-    right.set_ylabel("density")
+    right.set_ylabel("fraction of the items")
     right.set_title("popularity of what is retrieved")
     right.legend(fontsize=8)
     fig.tight_layout()

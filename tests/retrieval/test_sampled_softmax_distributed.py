@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from test_sampled_softmax import reference
 
 pytestmark = pytest.mark.slow
