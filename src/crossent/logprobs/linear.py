@@ -1,0 +1,148 @@
+"""``linear_token_log_probs``: per-token log-probabilities and entropy of an output layer's
+scores at a temperature, without the ``tokens x vocab`` logits.
+
+The fused linear engine (:mod:`crossent.linear.engine`) runs with ``reduction='none'``
+and the logit scale ``1 / temperature``: ``log p_y = -loss`` (the per-row cross-entropy,
+a sum of non-negative terms relative to the row max, so never positive) and the entropy
+is a statistic of the same streaming pass. The backward recomputes the tiles against the
+saved log-sum-exp and entropy and takes both upstream gradients at once::
+
+    dL/dz_iv = a_i (delta_{v y_i} - p_iv) - e_i p_iv (log p_iv + H_i)
+
+(``a``, ``e``: the upstream gradients of ``log_probs`` and ``entropy``; ``z = logits / T``,
+then ``1 / T`` into the logits). With ``group=`` the classes are sharded over ranks, with
+the contract of ``linear_cross_entropy(group=)`` (:mod:`crossent.linear.sharded`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..core import checks as _checks
+from ..core import collectives as D
+from ..core.reduction import accumulation_dtype
+from ..linear.engine import linear_ce_op
+from ..linear.front import _linear_args, _plan
+from ..linear.sharded import parallel_linear_cross_entropy
+
+__all__ = ["linear_token_log_probs"]
+
+_CONTEXT = "crossent.linear_token_log_probs"
+
+
+def linear_token_log_probs(
+    input: torch.Tensor,
+    linear_weight: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    linear_bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    ignore_index: int = -100,
+    return_entropy: bool = False,
+    memory_budget: int | None = None,
+    backend: str = "auto",
+    group=None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of each target token under ``input @ linear_weight.T + linear_bias``
+    at a temperature, and optionally the entropy, without forming the logits.
+
+    With ``z = (x @ W.T + b) / temperature`` computed tile by tile (never held whole),
+    ``p = softmax(z)`` and ``m`` the row max::
+
+        log_probs = log p_y = (z_y - m) - log sum_v exp(z_v - m)        (<= 0 by construction)
+        entropy   = -sum_v p_v log p_v
+        d log p_y / d z_v = delta_vy - p_v          d entropy / d z_v = -p_v (log p_v + H)
+
+    chained through ``1 / temperature`` into ``x``, ``W`` and ``b``; 0, with no gradient,
+    at positions whose target is ``ignore_index``. This is
+    :func:`crossent.token_log_probs` of ``F.linear(input, linear_weight, linear_bias)``,
+    the per-token quantities of PPO, GRPO, RLOO and DPO, with the memory of
+    :func:`crossent.linear_cross_entropy` (``reduction='none'``): tiles within
+    ``memory_budget``, recomputed in the backward against the saved per-row log-sum-exp
+    (and entropy). Accumulation is float32 (float64 for float64 input).
+
+    Args:
+        input: hidden states ``x``, floating point.
+        linear_weight: the output layer's weight ``W``, the input's dtype.
+        target: class indices (int64 or uint8) in ``[0, V)`` or ``ignore_index``.
+        linear_bias: optional output-layer bias ``b``.
+        temperature: a finite number ``> 0`` the logits are divided by.
+        ignore_index: the target value of positions to ignore (outputs 0, no gradient).
+        return_entropy: also return the entropy of each position's distribution
+            (differentiable).
+        memory_budget: bytes bounding the float32 logit tiles (as
+            :func:`crossent.linear_cross_entropy` with ``reduction='none'``).
+        backend: ``'auto'`` (Triton on CUDA, PyTorch elsewhere), ``'torch'`` or ``'triton'``.
+        group: a ``torch.distributed`` process group over which the *classes* are sharded,
+            as :func:`crossent.linear_cross_entropy`: ``input`` and ``target`` (global
+            class indices) the same on every rank, ``linear_weight``/``linear_bias`` this
+            rank's contiguous slice of the classes (rank order, sizes may differ). Every
+            rank returns the global values; the weight and bias get their slice of the
+            global gradient, ``input`` the full one.
+    Shape:
+        - input: ``(..., H)``, e.g. ``(B, T, H)``; linear_weight ``(V, H)``; linear_bias ``(V,)``.
+        - target: ``input.shape[:-1]``.
+        - log_probs, entropy: the target's shape.
+    Returns:
+        ``log_probs``, or ``(log_probs, entropy)`` with ``return_entropy=True``; float32
+        for half-precision input, else the input's dtype. Gradients reach ``input``,
+        ``linear_weight`` and ``linear_bias`` from any upstream gradient of either output.
+        Double backward is not supported and raises.
+    Example:
+        >>> import torch, crossent as ce
+        >>> _ = torch.manual_seed(0)
+        >>> hidden, W = torch.randn(2, 3, 8), torch.randn(10, 8)
+        >>> target = torch.tensor([[1, 0, 9], [4, -100, 7]])
+        >>> log_probs, entropy = ce.linear_token_log_probs(hidden, W, target, temperature=0.7,
+        ...                                                return_entropy=True)
+        >>> log_probs.shape, bool((log_probs <= 0).all()), float(log_probs[1, 1])
+        (torch.Size([2, 3]), True, 0.0)
+        >>> torch.allclose(log_probs, ce.token_log_probs(hidden @ W.T, target, temperature=0.7))
+        True
+
+    References:
+        Schulman et al., "Proximal Policy Optimization Algorithms", 2017.
+        Wijmans et al., "Cut Your Losses in Large-Vocabulary Language Models", 2024.
+    """
+    _checks.check_no_transform(_CONTEXT)
+    parallel = D.spans_ranks(group)  # a one-rank group is no group
+
+    def validate():
+        _checks.check_floating("input", input)
+        if input.dim() < 1:
+            raise _checks.ArgumentError(f"input must have shape (..., H), got a 0-d tensor")
+        scale = 1.0 / _checks.check_temperature("temperature", temperature,
+                                                accumulation_dtype(input.dtype))
+        index = _checks.check_int("ignore_index", ignore_index)
+        if not isinstance(return_entropy, bool):
+            raise _checks.ArgumentTypeError(
+                f"return_entropy must be a bool, got {type(return_entropy).__name__}")
+        flat = _checks.check_class_index_target(
+            target, input.shape[:-1], 0, index, input.device,
+            shape_hint=" (input.shape[:-1])", bounds=False).reshape(-1)
+        a = _linear_args(input.reshape(-1, input.shape[-1]), linear_weight, flat, linear_bias,
+                         None, "none", index, 0.0, 0.0, None, scale, "zero", backend,
+                         check_bounds=not parallel)
+        plan = _plan(a, linear_weight.shape[0], return_entropy, memory_budget, None, None,
+                     recompute=True)
+        return a, plan
+
+    if parallel:
+        loss, _, ent, _, a = parallel_linear_cross_entropy(
+            input.reshape(-1, input.shape[-1]), linear_weight, linear_bias, None, validate,
+            return_stats=return_entropy, all_ignored="zero", group=group,
+            entropy_grad=return_entropy)
+    else:
+        a, plan = validate()
+        loss, _, ent, _, _, _, _ = linear_ce_op(
+            a.x, linear_weight, linear_bias, a.index, None, None, a.ignore_index, 0.0, "none",
+            0.0, None, a.logit_scale, "zero", plan.rows, plan.cols, a.backend,
+            return_entropy, a.need_x, a.need_w, a.need_b, entropy_grad=return_entropy,
+        )
+    shape = target.shape
+    log_probs = (0.0 - loss).reshape(shape)  # 0 - 0 = +0 at ignored positions
+    if not return_entropy:
+        return log_probs
+    valid = a.index != a.ignore_index
+    entropy = torch.where(valid, ent, torch.zeros((), dtype=ent.dtype, device=ent.device))
+    return log_probs, entropy.reshape(shape)
