@@ -43,10 +43,10 @@ def linear_token_log_probs(
     backend: str = "auto",
     group=None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Log-probability of each target token under ``input @ linear_weight.T + linear_bias``
-    at a temperature, and optionally the entropy, without forming the logits.
+    """Per-token log-probabilities (and entropy) of an output layer, without its logits.
 
-    With ``z = (x @ W.T + b) / temperature`` computed tile by tile (never held whole),
+    The log-probability of each target token under ``input @ linear_weight.T +
+    linear_bias`` at a temperature, and optionally each position's entropy. With ``z = (x @ W.T + b) / temperature`` computed tile by tile (never held whole),
     ``p = softmax(z)`` and ``m`` the row max::
 
         log_probs = log p_y = (z_y - m) - log sum_v exp(z_v - m)        (<= 0 by construction)
@@ -110,7 +110,7 @@ def linear_token_log_probs(
     def validate():
         _checks.check_floating("input", input)
         if input.dim() < 1:
-            raise _checks.ArgumentError(f"input must have shape (..., H), got a 0-d tensor")
+            raise _checks.ArgumentError("input must have shape (..., H), got a 0-d tensor")
         scale = 1.0 / _checks.check_temperature("temperature", temperature,
                                                 accumulation_dtype(input.dtype))
         index = _checks.check_int("ignore_index", ignore_index)
