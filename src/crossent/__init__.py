@@ -20,8 +20,7 @@ from .contrastive import (
 )
 from .core.checks import ArgumentError, ArgumentTypeError, TargetIndexError
 from .linear import LinearCrossEntropyLoss, linear_cross_entropy
-from .logprobs import token_log_probs
-from .logprobs import linear_token_log_probs
+from .logprobs import linear_token_log_probs, token_log_probs
 from .losses import (
     CrossEntropyStats,
     binary_cross_entropy,
