@@ -371,9 +371,9 @@ def run(
         dot = ent = best = lse_shifted = shift = None
     keep_tanh = grads and p.transform.softcap is not None
     # Whole rows of x W^T on CPU: the statistics leave softmax(z) in the tile through
-    # PyTorch's fused in-place row kernel (_stats.softmax_stats_). Elsewhere, with the
-    # entropy, or for another score source, exp(z - m) as the tiles of the two-pass path.
-    normalized = fused and want_stats and p.scores is None and not entropy and dev.type == "cpu"
+    # PyTorch's fused in-place row kernel (_stats.softmax_stats_). Elsewhere, or for
+    # another score source, exp(z - m) as the tiles of the two-pass path.
+    normalized = fused and want_stats and p.scores is None and dev.type == "cpu"
     fold = _FoldedTarget(p.target) if grads and _FoldedTarget.applies(p, normalized, ops) else None
     buf = torch.empty(min(plan.rows, n), min(plan.cols, v), dtype=acc, device=dev)
     gx_acc_buf = (
@@ -381,7 +381,12 @@ def run(
         if grads and sinks.grad_x is not None and (not fused or p.scores is not None) else None
     )
     mass = p.target.mass
-    coef_buf = torch.empty_like(buf) if grads and entropy_grad is not None else None
+    # the entropy's tile-sized scratch: its terms in the statistics, its gradient's
+    # coefficients against a known lse (one of the two per call)
+    scratch = None
+    if (want_stats and entropy) or (grads and entropy_grad is not None):
+        scratch = torch.empty_like(buf)
+    coef_buf = scratch if grads and entropy_grad is not None else None
     for s, e in _bands(n, plan.rows):
         if s > 0:
             sinks.first_band = False
@@ -394,9 +399,11 @@ def run(
                 tile = buf[: e - s, : min(plan.cols, v - c0)]
                 u = _logits_(ops, band, tile, xb, c0, p.transform, keep_tanh and fused)
                 if normalized:  # the tile becomes softmax(z)
-                    part = _stats.softmax_stats_(tile, tgt, c0, argmax=argmax)
+                    part = _stats.softmax_stats_(tile, tgt, c0, argmax=argmax, entropy=entropy,
+                                                 scratch=scratch)
                 else:  # the tile becomes exp(z - m)
-                    part = _stats.tile_stats_(tile, tgt, c0, entropy=entropy, argmax=argmax)
+                    part = _stats.tile_stats_(tile, tgt, c0, entropy=entropy, argmax=argmax,
+                                              scratch=scratch)
                 stats = part if stats is None else _stats.merge(stats, part)
             lse[s:e] = _stats.logsumexp(stats)
             lse_shifted[s:e] = _stats.shifted_logsumexp(stats)

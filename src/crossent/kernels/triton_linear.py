@@ -244,12 +244,14 @@ def run(p: LinearProblem, plan: TilePlan, *, row_scale=None, lse=None, need_x=Tr
         dot = torch.empty_like(lse)
         lse_shifted = torch.empty_like(lse)
         shift = torch.empty_like(lse)
-        ent = torch.empty_like(lse) if entropy else lse.new_empty(1)
-        best = torch.empty(n if argmax else 1, dtype=torch.int64, device=dev)
+        # the kernel writes both per-row statistics when either is asked for
+        stats = bool(entropy or argmax)
+        ent = torch.empty_like(lse) if stats else lse.new_empty(1)
+        best = torch.empty(n if stats else 1, dtype=torch.int64, device=dev)
         _stats_kernel[(triton.cdiv(n, bn),)](
             x, w, b, y, tw, valid, cw, lse, dot, ent, best, lse_shifted, shift,
             n, v, h, x.stride(0), w.stride(0),
-            **c["scalars"], **c["flags"], STATS=bool(entropy or argmax),
+            **c["scalars"], **c["flags"], STATS=stats,
             BLOCK_N=bn, BLOCK_V=bv, BLOCK_H=bh,
         )
         ent = ent if entropy else None

@@ -112,7 +112,8 @@ def _cast(res: LinearResult, p: LinearProblem):
 
 def forward(p: LinearProblem, plan: TilePlan, backend: str, *, reduction: str, all_ignored: str,
             stats: bool, need: Need,
-            merge: Callable[[LinearProblem, LinearResult], object] | None = None) -> Forward:
+            merge: Callable[[LinearProblem, LinearResult], object] | None = None,
+            argmax: bool | None = None) -> Forward:
     """The loss (and for 'mean'/'sum' the gradients) of problem ``p`` (see the module).
 
     Args:
@@ -120,6 +121,7 @@ def forward(p: LinearProblem, plan: TilePlan, backend: str, *, reduction: str, a
         plan: the tile sizes. backend: a backend name of :mod:`crossent.kernels.dispatch`.
         reduction: 'none', 'sum' or 'mean'. all_ignored: 'nan' or 'zero'.
         stats: also the per-row entropy and argmax.
+        argmax: with ``stats``, whether the argmax too (None: ``stats``).
         need: the gradients wanted (only ``x``, weight and bias are formed here).
         merge: None for one process (statistics and gradients in one pass); else a hook
             ``merge(p, local) -> m`` turning this shard's statistics into the whole
@@ -129,17 +131,18 @@ def forward(p: LinearProblem, plan: TilePlan, backend: str, *, reduction: str, a
             second pass against the global ``lse``.
     """
     run = get_backend(backend).run
+    best = stats if argmax is None else stats and argmax
     target = p.target
     grads = reduction != "none" and need.params
     if merge is None:
         denominator = target.mean_denominator()
         scale = row_scale(target.valid, reduction, denominator, all_ignored, p.acc) if grads else None
         res = run(p, plan, row_scale=scale, need_x=need.x, need_w=need.w, need_b=need.b,
-                  entropy=stats, argmax=stats)
+                  entropy=stats, argmax=best)
         lse, mass, entropy, argmax = res.lse, target.mass, res.entropy, res.argmax
         lse_shifted, dot, shift = res.lse_shifted, res.dot, res.shift
     else:
-        local = run(p, plan, entropy=stats, argmax=stats)
+        local = run(p, plan, entropy=stats, argmax=best)
         m = merge(p, local)
         lse, mass, entropy, argmax = m.lse, m.mass, m.entropy, m.argmax
         lse_shifted, dot, shift = m.lse_shifted, m.dot, m.shift
@@ -156,7 +159,7 @@ def forward(p: LinearProblem, plan: TilePlan, backend: str, *, reduction: str, a
     loss = reduce_rows(row_loss, reduction, denominator, all_ignored=all_ignored)
     gx, gw, gb = _cast(res, p) if grads else (None, None, None)
     return Forward(loss.to(loss_dtype(p.x.dtype)), lse, entropy if stats else None,
-                   argmax if stats else None, gx, gw, gb, p, denominator)
+                   argmax if best else None, gx, gw, gb, p, denominator)
 
 
 def _target_gradient(p: LinearProblem, plan: TilePlan, lse: torch.Tensor,
@@ -297,6 +300,7 @@ def linear_ce_op(
     softcap: Optional[float], logit_scale: float, all_ignored: str, rows: int, cols: int,
     backend: str, stats: bool, need_x: bool, need_w: bool, need_b: bool, need_t: bool = False,
     margin: str = "", margin_args: Optional[Sequence[float]] = None, entropy_grad: bool = False,
+    argmax: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One process' fused linear cross-entropy: :func:`forward` as a custom op.
 
@@ -306,11 +310,12 @@ def linear_ce_op(
     gets a gradient (formed in the backward). ``margin``/``margin_args``: a margin head's
     spec (:mod:`crossent.margin`), or "" for none. ``entropy_grad`` (with ``stats`` and
     ``reduction='none'``): the entropy is differentiable too (per-token log-probabilities,
-    :mod:`crossent.logprobs`); its gradient joins the loss' in the one recomputing backward."""
+    :mod:`crossent.logprobs`); its gradient joins the loss' in the one recomputing backward.
+    ``argmax=False``: with ``stats``, the entropy without the argmax (returned empty)."""
     p = _problem(x, weight, bias, index, probs, class_weight, ignore_index, label_smoothing,
                  z_loss, softcap, logit_scale, margin, margin_args)
     out = forward(p, TilePlan(rows, cols), backend, reduction=reduction, all_ignored=all_ignored,
-                  stats=stats, need=Need(need_x, need_w, need_b))
+                  stats=stats, need=Need(need_x, need_w, need_b), argmax=argmax)
     acc = accumulation_dtype(x.dtype)
     return (
         out.loss, out.lse,
@@ -322,7 +327,7 @@ def linear_ce_op(
 @linear_ce_op.register_fake
 def _(x, weight, bias, index, probs, class_weight, ignore_index, label_smoothing, reduction,
       z_loss, softcap, logit_scale, all_ignored, rows, cols, backend, stats, need_x, need_w, need_b,
-      need_t=False, margin="", margin_args=None, entropy_grad=False):
+      need_t=False, margin="", margin_args=None, entropy_grad=False, argmax=True):
     acc = accumulation_dtype(x.dtype)
     n = x.shape[0]
     loss = x.new_empty((n,) if reduction == "none" else (), dtype=loss_dtype(x.dtype))
@@ -331,7 +336,7 @@ def _(x, weight, bias, index, probs, class_weight, ignore_index, label_smoothing
         loss,
         x.new_empty((n,), dtype=acc),
         x.new_empty((n,) if stats else _EMPTY, dtype=acc),
-        x.new_empty((n,) if stats else _EMPTY, dtype=torch.int64),
+        x.new_empty((n,) if stats and argmax else _EMPTY, dtype=torch.int64),
         torch.empty_like(x) if scalar_grads and need_x else _empty(x),
         torch.empty_like(weight) if scalar_grads and need_w else _empty(weight),
         torch.empty_like(bias) if scalar_grads and need_b and bias is not None else _empty(x),
@@ -380,7 +385,7 @@ def _(grad_loss, x, weight, bias, index, probs, class_weight, lse, ignore_index,
 _ARGS = ("x", "weight", "bias", "index", "probs", "class_weight", "ignore_index",
          "label_smoothing", "reduction", "z_loss", "softcap", "logit_scale", "all_ignored",
          "rows", "cols", "backend", "stats", "need_x", "need_w", "need_b", "need_t", "margin",
-         "margin_args", "entropy_grad")
+         "margin_args", "entropy_grad", "argmax")
 _TENSORS = ("x", "weight", "bias", "index", "probs", "class_weight")
 
 

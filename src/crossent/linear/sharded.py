@@ -47,6 +47,7 @@ class _LinearSpec:
     margin: object = None  # a crossent.kernels.margin_spec.MarginSpec: margin-head scores (Partial FC)
     weight_norms: torch.Tensor | None = None  # the margin head's class norms, if checked already
     entropy_grad: bool = False  # the merged entropy is differentiable ('none', return_stats)
+    argmax: bool = True  # with return_stats, the argmax too
 
 
 def _merge(spec: _LinearSpec, p: LinearProblem, local: LinearResult) -> Merged:
@@ -81,7 +82,7 @@ class _ParallelLinearCE(torch.autograd.Function):
         out = engine.forward(problem, TilePlan(spec.rows, spec.cols), spec.backend,
                              reduction=spec.reduction, all_ignored=spec.all_ignored,
                              stats=spec.return_stats, need=need,
-                             merge=functools.partial(_merge, spec))
+                             merge=functools.partial(_merge, spec), argmax=spec.argmax)
         ctx.spec = spec
         entropy = out.entropy if out.entropy is not None else out.lse.new_empty(0)
         if spec.reduction == "none" or need.t:  # the backward recomputes tiles
@@ -131,13 +132,14 @@ def sharded_linear_cross_entropy(x, weight, bias, probs, spec: _LinearSpec):
 
 def parallel_linear_cross_entropy(input, linear_weight, linear_bias, weight, validate, *,
                                   return_stats: bool, all_ignored: str, group,
-                                  entropy_grad: bool = False):
+                                  entropy_grad: bool = False, argmax: bool = True):
     """:func:`crossent.linear_cross_entropy` with the output layer's classes sharded:
     ``(loss, lse, entropy, argmax, args)`` for the front to finish. ``validate()`` checks
     the local arguments (not the class-index bounds, which need the global class count)
     and returns the front's ``(args, tile plan)``; what it raises, it raises on every rank.
     ``entropy_grad`` (``reduction='none'``, ``return_stats``): the merged entropy is
-    differentiable (:mod:`crossent.logprobs`)."""
+    differentiable (:mod:`crossent.logprobs`); ``argmax=False``: the statistics without
+    the argmax."""
     context = "crossent.linear_cross_entropy(group=...)"
     a, error, same = None, None, {}
     try:
@@ -164,7 +166,7 @@ def parallel_linear_cross_entropy(input, linear_weight, linear_bias, weight, val
                                  label_smoothing=a.label_smoothing, dtype=acc)
     spec = _LinearSpec(tgt, ScoreTransform(a.logit_scale, a.softcap), a.z_loss, a.reduction,
                        all_ignored, plan.rows, plan.cols, a.backend, bool(return_stats), group,
-                       shards, entropy_grad=entropy_grad)
+                       shards, entropy_grad=entropy_grad, argmax=argmax)
     x = D.replicated_input(a.x, group) if a.need_x else a.x.detach()
     w = linear_weight if a.need_w else linear_weight.detach()
     b = None if linear_bias is None else (linear_bias if a.need_b else linear_bias.detach())

@@ -131,13 +131,14 @@ def linear_token_log_probs(
         loss, _, ent, _, a = parallel_linear_cross_entropy(
             input.reshape(-1, input.shape[-1]), linear_weight, linear_bias, None, validate,
             return_stats=return_entropy, all_ignored="zero", group=group,
-            entropy_grad=return_entropy)
+            entropy_grad=return_entropy, argmax=False)
     else:
         a, plan = validate()
         loss, _, ent, _, _, _, _ = linear_ce_op(
             a.x, linear_weight, linear_bias, a.index, None, None, a.ignore_index, 0.0, "none",
             0.0, None, a.logit_scale, "zero", plan.rows, plan.cols, a.backend,
             return_entropy, a.need_x, a.need_w, a.need_b, entropy_grad=return_entropy,
+            argmax=False,
         )
     shape = target.shape
     log_probs = (0.0 - loss).reshape(shape)  # 0 - 0 = +0 at ignored positions
