@@ -244,6 +244,52 @@ def test_matches_verl_fused_linear_for_ppo(temperature, use):
     _close(got, want, atol=1e-5, rtol=1e-5)
 
 
+# --- TRL's other per-token fields (extras=) -------------------------------------------------
+def _reference_extras(x, w, b, target, temperature, ignore_index=IGNORE):
+    z = F.linear(x.double(), w.double(), None if b is None else b.double()) / temperature
+    valid = target != ignore_index
+    mean = torch.where(valid, z.mean(-1), torch.zeros((), dtype=torch.float64))
+    return mean, (z.argmax(-1) == target) & valid
+
+
+@pytest.mark.parametrize("budget", [None, 6000], ids=["whole-rows", "tiles"])
+def test_extras_match_the_full_logits(budget):
+    x, w, b, target, grads = _problem((3, 20), 16, 700, dtype=torch.float64, seed=14)
+    z = F.linear(x, w, b)
+    target[0, :12] = z[0, :12].argmax(-1)  # some top-1 hits
+    target[1, 5] = IGNORE
+    out = ce.linear_token_log_probs(x, w, target, linear_bias=b, temperature=0.6,
+                                    extras=("is_top1", "mean_logits"), memory_budget=budget)
+    assert isinstance(out, ce.logprobs.TokenLogProbs) and out.entropy is None
+    mean, top1 = _reference_extras(x, w, b, target, 0.6)
+    torch.testing.assert_close(out.mean_logits, mean)
+    assert torch.equal(out.is_top1, top1) and top1.sum() >= 12
+    torch.testing.assert_close(out.log_probs, _reference(x, w, b, target, 0.6)[0])
+    # with the entropy, which keeps its gradient; a custom ignore_index that is a class
+    target7 = torch.where(target == IGNORE, torch.full_like(target, 7), target)
+    xs = x.clone().requires_grad_()
+    out = ce.linear_token_log_probs(xs, w, target7, linear_bias=b, temperature=0.6,
+                                    return_entropy=True, ignore_index=7, extras=("is_top1",))
+    assert out.mean_logits is None and not out.is_top1[target7 == 7].any()
+    assert torch.equal(out.is_top1, _reference_extras(x, w, b, target7, 0.6, 7)[1])
+    (out.log_probs * grads[0] + out.entropy * grads[1]).sum().backward()
+    want = _run(lambda xx, ww, bb: _reference(xx, ww, bb, target7, 0.6, 7), (x, w, b), grads)
+    torch.testing.assert_close(xs.grad, want[2][0])
+
+
+def test_extras_match_trl(monkeypatch):
+    fn = _trl_chunked_logprob(monkeypatch)
+    x, w, b, target, _ = _problem((32,), 16, 70, seed=15, ignored=0.0)
+    target[:10] = F.linear(x, w, b)[:10].argmax(-1)
+    lp, _, _, mean, top1 = fn.apply(x, w, b, target, 0.8, 16, None, 1.0,
+                                    ("mean_logits", "is_top1"))
+    out = ce.linear_token_log_probs(x, w, target, linear_bias=b, temperature=0.8,
+                                    extras=("mean_logits", "is_top1"))
+    torch.testing.assert_close(out.log_probs, lp, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.mean_logits, mean, atol=1e-5, rtol=1e-5)
+    assert torch.equal(out.is_top1, top1) and top1.sum() >= 10
+
+
 # --- the Triton backend, under the interpreter -----------------------------------------------
 @pytest.fixture(scope="module")
 def triton_kernels():
@@ -271,6 +317,18 @@ def test_triton_backend_matches_float64(triton_kernels, use):
     assert all(torch.isfinite(g).all() for g in got[2])
     assert (got[2][1][40:] == 0).all() and (got[2][2][40:] == 0).all()
     _close(got, want, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.triton
+@pytest.mark.slow
+def test_triton_backend_extras(triton_kernels):
+    x, w, b, target, _ = _problem((2, 7), 24, 45, seed=16)
+    target[0] = F.linear(x, w, b)[0].argmax(-1)
+    out = ce.linear_token_log_probs(x, w, target, linear_bias=b, temperature=0.7,
+                                    backend="triton", extras=("is_top1", "mean_logits"))
+    mean, top1 = _reference_extras(x, w, b, target, 0.7)
+    assert torch.equal(out.is_top1, top1) and top1.sum() >= 5
+    torch.testing.assert_close(out.mean_logits.double(), mean, atol=1e-5, rtol=1e-5)
 
 
 # --- errors ----------------------------------------------------------------------------------
@@ -306,6 +364,10 @@ def test_errors_name_the_argument():
         ce.linear_token_log_probs(x, w, target, memory_budget=16)
     with pytest.raises(ArgumentError, match="backend"):
         ce.linear_token_log_probs(x, w, target, backend="cuda")
+    with pytest.raises(ArgumentError, match="extras"):
+        ce.linear_token_log_probs(x, w, target, extras=("log_probs",))
+    with pytest.raises(ArgumentTypeError, match="extras"):
+        ce.linear_token_log_probs(x, w, target, extras="is_top1")
 
 
 def test_double_backward_raises():

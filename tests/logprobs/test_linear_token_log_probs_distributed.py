@@ -32,18 +32,19 @@ def _shard(t, rank, split):
 
 
 def _case(name, split, *, shape=(2, 5), hidden=6, temperature=0.7, use="both", bias=True,
-          entropy=True, seed=0, **options):
+          entropy=True, seed=0, top1_hits=0, **options):
     g = torch.Generator().manual_seed(seed)
     vocab = sum(split)
+    x = torch.randn(*shape, hidden, generator=g, dtype=torch.float64)
+    w = torch.randn(vocab, hidden, generator=g, dtype=torch.float64) * 0.5
+    b = torch.randn(vocab, generator=g, dtype=torch.float64) if bias else None
     target = torch.randint(0, vocab, shape, generator=g)
-    target.view(-1)[1] = IGNORE
+    flat = target.view(-1)
+    flat[2:2 + top1_hits] = F.linear(x, w, b).reshape(-1, vocab)[2:2 + top1_hits].argmax(-1)
+    flat[1] = IGNORE
     return dict(
         name=name, split=split, temperature=temperature, use=use, entropy=entropy,
-        options=options,
-        x=torch.randn(*shape, hidden, generator=g, dtype=torch.float64),
-        w=torch.randn(vocab, hidden, generator=g, dtype=torch.float64) * 0.5,
-        b=torch.randn(vocab, generator=g, dtype=torch.float64) if bias else None,
-        target=target,
+        options=options, x=x, w=w, b=b, target=target,
         g1=torch.randn(shape, generator=g, dtype=torch.float64),
         g2=torch.randn(shape, generator=g, dtype=torch.float64),
     )
@@ -58,6 +59,7 @@ def _cases(world_size):
         _case("no_entropy", split, entropy=False, use="log_probs", seed=3, bias=False),
         _case("tokens_2d", split, shape=(11,), seed=4),
         _case("tiled_vocab", tiled, seed=5, hidden=8, memory_budget=4000),
+        _case("extras", split, seed=6, top1_hits=4, extras=("mean_logits", "is_top1")),
     ]
 
 
@@ -78,11 +80,15 @@ def _job(rank, world_size, cases):
                                         temperature=case["temperature"],
                                         return_entropy=case["entropy"], group=dist.group.WORLD,
                                         **case["options"])
+        extras = {}
+        if "extras" in case["options"]:
+            extras = dict(mean=out.mean_logits, top1=out.is_top1)
+            out = out[:2]
         lp, ent = out if case["entropy"] else (out, None)
         _loss(lp, ent, case).backward()
         results[case["name"]] = dict(
             lp=lp.detach(), ent=None if ent is None else ent.detach(), x=x.grad, w=w.grad,
-            b=None if b is None else b.grad)
+            b=None if b is None else b.grad, **extras)
     return results
 
 
@@ -90,14 +96,16 @@ def _expected(case):
     x = case["x"].clone().requires_grad_()
     w = case["w"].clone().requires_grad_()
     b = None if case["b"] is None else case["b"].clone().requires_grad_()
-    log_p = torch.log_softmax(F.linear(x, w, b) / case["temperature"], -1)
+    z = F.linear(x, w, b) / case["temperature"]
+    log_p = torch.log_softmax(z, -1)
     target = case["target"]
     valid = target != IGNORE
+    extras = dict(mean=z.detach().mean(-1) * valid, top1=(z.argmax(-1) == target) & valid)
     lp = log_p.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1) * valid
     ent = -(log_p.exp() * log_p).sum(-1) * valid if case["entropy"] else None
     _loss(lp, ent, case).backward()
     return dict(lp=lp.detach(), ent=None if ent is None else ent.detach(), x=x.grad, w=w.grad,
-                b=None if b is None else b.grad)
+                b=None if b is None else b.grad, **extras)
 
 
 def test_the_tiled_case_tiles_every_shard():
@@ -124,6 +132,9 @@ def test_sharded_classes_match_one_float64_process(rank_pool, world_size):
             if case["entropy"]:
                 torch.testing.assert_close(got["ent"], want["ent"], msg=msg)
                 assert torch.equal(got["ent"], results[0][case["name"]]["ent"]), msg
+            if "mean" in got:
+                torch.testing.assert_close(got["mean"], want["mean"], msg=msg)
+                assert torch.equal(got["top1"], want["top1"]) and want["top1"].sum() >= 3, msg
             torch.testing.assert_close(got["x"], want["x"], msg=f"{msg}: grad x")
             torch.testing.assert_close(got["w"], _shard(want["w"], rank, split),
                                        msg=f"{msg}: grad w")

@@ -132,14 +132,15 @@ def sharded_linear_cross_entropy(x, weight, bias, probs, spec: _LinearSpec):
 
 def parallel_linear_cross_entropy(input, linear_weight, linear_bias, weight, validate, *,
                                   return_stats: bool, all_ignored: str, group,
-                                  entropy_grad: bool = False, argmax: bool = True):
+                                  entropy_grad: bool = False, argmax: bool = True,
+                                  agree_on: dict | None = None):
     """:func:`crossent.linear_cross_entropy` with the output layer's classes sharded:
     ``(loss, lse, entropy, argmax, args)`` for the front to finish. ``validate()`` checks
     the local arguments (not the class-index bounds, which need the global class count)
     and returns the front's ``(args, tile plan)``; what it raises, it raises on every rank.
     ``entropy_grad`` (``reduction='none'``, ``return_stats``): the merged entropy is
     differentiable (:mod:`crossent.logprobs`); ``argmax=False``: the statistics without
-    the argmax."""
+    the argmax. ``agree_on``: more options every rank must agree on (the caller's)."""
     context = "crossent.linear_cross_entropy(group=...)"
     a, error, same = None, None, {}
     try:
@@ -151,6 +152,7 @@ def parallel_linear_cross_entropy(input, linear_weight, linear_bias, weight, val
             label_smoothing=a.label_smoothing, z_loss=a.z_loss, softcap=a.softcap,
             logit_scale=a.logit_scale, return_stats=bool(return_stats), all_ignored=all_ignored,
             weight=weight is not None, bias=linear_bias is not None, input_grad=a.need_x,
+            **(agree_on or {}),
         )
     except D.LOCAL_ERRORS as exc:
         error = exc

@@ -7,6 +7,6 @@
 """
 
 from .front import token_log_probs
-from .linear import linear_token_log_probs
+from .linear import EXTRAS, TokenLogProbs, linear_token_log_probs
 
-__all__ = ["token_log_probs", "linear_token_log_probs"]
+__all__ = ["token_log_probs", "linear_token_log_probs", "TokenLogProbs", "EXTRAS"]

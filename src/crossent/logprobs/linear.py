@@ -16,6 +16,8 @@ the contract of ``linear_cross_entropy(group=)`` (:mod:`crossent.linear.sharded`
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from ..core import checks as _checks
@@ -23,14 +25,52 @@ from ..core import collectives as D
 from ..core.reduction import accumulation_dtype
 from ..core.statistics import ScoreTransform
 from ..core.tiles import default_budget
+from ..kernels.torch_chunked import tile_buffers
 from ..linear.engine import linear_ce_op
 from ..linear.front import _linear_args, _plan
-from ..kernels.torch_chunked import tile_buffers
 from ..linear.sharded import parallel_linear_cross_entropy
 
-__all__ = ["linear_token_log_probs"]
+__all__ = ["linear_token_log_probs", "TokenLogProbs", "EXTRAS"]
 
 _CONTEXT = "crossent.linear_token_log_probs"
+
+#: the per-token monitoring values ``extras=`` may ask for (TRL's names; no gradient)
+EXTRAS = ("mean_logits", "is_top1")
+
+
+class TokenLogProbs(NamedTuple):
+    """What :func:`linear_token_log_probs` returns with ``extras``: each a tensor of the
+    target's shape, or None when not asked for (``entropy`` without ``return_entropy``)."""
+
+    log_probs: torch.Tensor
+    entropy: torch.Tensor | None
+    mean_logits: torch.Tensor | None
+    is_top1: torch.Tensor | None
+
+
+def _check_extras(extras) -> tuple[str, ...]:
+    if not isinstance(extras, (tuple, list)) or not all(isinstance(e, str) for e in extras):
+        raise _checks.ArgumentTypeError(
+            f"extras must be a tuple of names from {EXTRAS}, got {extras!r}")
+    unknown = [e for e in extras if e not in EXTRAS]
+    if unknown:
+        raise _checks.ArgumentError(f"extras must be names from {EXTRAS}, got {unknown}")
+    return tuple(extras)
+
+
+def _mean_logits(x, weight, bias, scale: float, group) -> torch.Tensor:
+    """``mean_v z_v = scale * (x . mean_v W_v + mean_v b_v)``: one matrix-vector product
+    (the class sums all-reduced over a class-sharded weight), no pass over the logits."""
+    acc = accumulation_dtype(x.dtype)
+    with torch.no_grad():
+        sums = torch.cat([weight.sum(0, dtype=acc),
+                          (bias.sum(0, dtype=acc) if bias is not None
+                           else weight.new_zeros((), dtype=acc)).reshape(1),
+                          torch.tensor([float(weight.shape[0])], dtype=acc, device=x.device)])
+        if D.spans_ranks(group):
+            sums = D.all_reduce(sums, group)
+        w_sum, b_sum, count = sums[:-2], sums[-2], sums[-1]
+        return (x.to(acc) @ w_sum + b_sum) * (scale / count)
 
 
 def linear_token_log_probs(
@@ -45,7 +85,8 @@ def linear_token_log_probs(
     memory_budget: int | None = None,
     backend: str = "auto",
     group=None,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    extras: tuple[str, ...] = (),
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor] | TokenLogProbs:
     """Per-token log-probabilities (and entropy) of an output layer, without its logits.
 
     The log-probability of each target token under ``input @ linear_weight.T +
@@ -84,13 +125,19 @@ def linear_token_log_probs(
             rank's contiguous slice of the classes (rank order, sizes may differ). Every
             rank returns the global values; the weight and bias get their slice of the
             global gradient, ``input`` the full one.
+        extras: per-token monitoring values of TRL's ``add_fused_lm_head``, without
+            gradient, 0 / False at ignored positions: ``'mean_logits'`` (``mean_v z_v``,
+            at the temperature: one matrix-vector product) and ``'is_top1'`` (whether the
+            target is the first argmax: the argmax statistic of the same pass).
     Shape:
         - input: ``(..., H)``, e.g. ``(B, T, H)``; linear_weight ``(V, H)``; linear_bias ``(V,)``.
         - target: ``input.shape[:-1]``.
         - log_probs, entropy: the target's shape.
     Returns:
         ``log_probs``, or ``(log_probs, entropy)`` with ``return_entropy=True``; float32
-        for half-precision input, else the input's dtype. Gradients reach ``input``,
+        for half-precision input, else the input's dtype. With ``extras``, a
+        :class:`TokenLogProbs` ``(log_probs, entropy, mean_logits, is_top1)``, None where
+        not asked for. Gradients reach ``input``,
         ``linear_weight`` and ``linear_bias`` from any upstream gradient of either output.
         Double backward is not supported and raises.
     Example:
@@ -122,6 +169,7 @@ def linear_token_log_probs(
         if not isinstance(return_entropy, bool):
             raise _checks.ArgumentTypeError(
                 f"return_entropy must be a bool, got {type(return_entropy).__name__}")
+        _check_extras(extras)
         flat = _checks.check_class_index_target(
             target, input.shape[:-1], 0, index, input.device,
             shape_hint=" (input.shape[:-1])", bounds=False).reshape(-1)
@@ -130,30 +178,39 @@ def linear_token_log_probs(
                          check_bounds=not parallel)
         budget = memory_budget
         if budget is None:  # per tile buffer: the tiles of linear_cross_entropy('none')
-            buffers = tile_buffers(ScoreTransform(scale), grads=True, entropy=return_entropy,
+            buffers = tile_buffers(ScoreTransform(scale), grads=True, entropy=stats,
                                    probs=False)
             budget = default_budget("linear_recompute", input.device) * buffers
-        plan = _plan(a, linear_weight.shape[0], return_entropy, budget, None, None,
-                     recompute=True)
+        plan = _plan(a, linear_weight.shape[0], stats, budget, None, None, recompute=True)
         return a, plan
 
+    # (a bad extras argument raises in validate(), on every rank)
+    top1 = isinstance(extras, (tuple, list)) and "is_top1" in extras
+    stats = bool(return_entropy is True or top1)  # the op's entropy (and argmax) statistics
     if parallel:
-        loss, _, ent, _, a = parallel_linear_cross_entropy(
+        loss, _, ent, best, a = parallel_linear_cross_entropy(
             input.reshape(-1, input.shape[-1]), linear_weight, linear_bias, None, validate,
-            return_stats=return_entropy, all_ignored="zero", group=group,
-            entropy_grad=return_entropy, argmax=False)
+            return_stats=stats, all_ignored="zero", group=group,
+            entropy_grad=return_entropy, argmax=top1, agree_on={"extras": sorted(extras)})
     else:
         a, plan = validate()
-        loss, _, ent, _, _, _, _ = linear_ce_op(
+        loss, _, ent, best, _, _, _ = linear_ce_op(
             a.x, linear_weight, linear_bias, a.index, None, None, a.ignore_index, 0.0, "none",
             0.0, None, a.logit_scale, "zero", plan.rows, plan.cols, a.backend,
-            return_entropy, a.need_x, a.need_w, a.need_b, entropy_grad=return_entropy,
-            argmax=False,
+            stats, a.need_x, a.need_w, a.need_b, entropy_grad=return_entropy, argmax=top1,
         )
     shape = target.shape
     log_probs = (0.0 - loss).reshape(shape)  # 0 - 0 = +0 at ignored positions
-    if not return_entropy:
+    if not (return_entropy or extras):
         return log_probs
     valid = a.index != a.ignore_index
-    entropy = torch.where(valid, ent, torch.zeros((), dtype=ent.dtype, device=ent.device))
-    return log_probs, entropy.reshape(shape)
+    zero = torch.zeros((), dtype=log_probs.dtype, device=log_probs.device)
+    entropy = torch.where(valid, ent, zero).reshape(shape) if return_entropy else None
+    if not extras:
+        return log_probs, entropy
+    mean = None
+    if "mean_logits" in extras:
+        mean = _mean_logits(a.x, linear_weight, linear_bias, a.logit_scale, group)
+        mean = torch.where(valid, mean, zero).reshape(shape)
+    is_top1 = ((best == a.index) & valid).reshape(shape) if top1 else None
+    return TokenLogProbs(log_probs, entropy, mean, is_top1)
