@@ -20,6 +20,12 @@ requires grad gets, from tiles recomputed in the backward::
 (label smoothing ``eps``, class weight ``w``: PyTorch's ``cross_entropy``). The loss comes
 back in :func:`crossent.core.reduction.loss_dtype` of the input.
 
+With ``reduction='none'`` the per-row entropy ``H_i`` of the forward's statistics may be
+differentiable too (``entropy_grad``, for :mod:`crossent.logprobs`): the same backward
+recomputes the tiles against the saved ``lse`` and ``H`` and adds, for its upstream
+gradient ``e_i``, ``-e_i p_ic (log p_ic + H_i)`` to ``dloss/dz``
+(:class:`crossent.kernels.torch_chunked.EntropyGrad`).
+
 Two autograd wrappers share this forward and backward:
 
 - the ``torch.library`` custom op ``crossent::linear_cross_entropy`` here (one process;
