@@ -23,9 +23,7 @@ import torch
 from ..core import checks as _checks
 from ..core import collectives as D
 from ..core.reduction import accumulation_dtype
-from ..core.statistics import ScoreTransform
 from ..core.tiles import default_budget
-from ..kernels.torch_chunked import tile_buffers
 from ..linear.engine import linear_ce_op
 from ..linear.front import _linear_args, _plan
 from ..linear.sharded import parallel_linear_cross_entropy
@@ -114,10 +112,10 @@ def linear_token_log_probs(
         ignore_index: the target value of positions to ignore (outputs 0, no gradient).
         return_entropy: also return the entropy of each position's distribution
             (differentiable).
-        memory_budget: bytes bounding the float32 logit tiles. Default: that of
-            :func:`crossent.linear_cross_entropy` with ``reduction='none'`` (8 MiB, 64 MiB
-            on CUDA) per tile-sized buffer, two with the entropy (its terms and its
-            gradient's coefficients): the same tiles as that loss.
+        memory_budget: bytes bounding the float32 logit tiles (two tile-sized buffers
+            with the entropy: its terms, its gradient's coefficients). Default 256 MiB,
+            128 MiB on CUDA (:data:`crossent.core.tiles.BUDGETS` ``"logprobs"``): tall
+            bands, whole rows of a 152k vocabulary, a tenth of the logits at 4096 tokens.
         backend: ``'auto'`` (Triton on CUDA, PyTorch elsewhere), ``'torch'`` or ``'triton'``.
         group: a ``torch.distributed`` process group over which the *classes* are sharded,
             as :func:`crossent.linear_cross_entropy`: ``input`` and ``target`` (global
@@ -176,11 +174,8 @@ def linear_token_log_probs(
         a = _linear_args(input.reshape(-1, input.shape[-1]), linear_weight, flat, linear_bias,
                          None, "none", index, 0.0, 0.0, None, scale, "zero", backend,
                          check_bounds=not parallel)
-        budget = memory_budget
-        if budget is None:  # per tile buffer: the tiles of linear_cross_entropy('none')
-            buffers = tile_buffers(ScoreTransform(scale), grads=True, entropy=stats,
-                                   probs=False)
-            budget = default_budget("linear_recompute", input.device) * buffers
+        budget = default_budget("logprobs", input.device) if memory_budget is None \
+            else memory_budget
         plan = _plan(a, linear_weight.shape[0], stats, budget, None, None, recompute=True)
         return a, plan
 
