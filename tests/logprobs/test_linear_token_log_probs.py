@@ -244,6 +244,48 @@ def test_matches_verl_fused_linear_for_ppo(temperature, use):
     _close(got, want, atol=1e-5, rtol=1e-5)
 
 
+# --- soft-capping and a logit scale (TRL reads both from the model's config) -----------------
+def _reference_capped(x, w, b, target, temperature, logit_scale, cap):
+    y = F.linear(x.double(), w.double(), b.double()) * logit_scale
+    z = cap * torch.tanh(y / cap) / temperature
+    log_p = torch.log_softmax(z, -1)
+    valid = target != IGNORE
+    lp = log_p.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1) * valid
+    return lp, -(log_p.exp() * log_p).sum(-1) * valid
+
+
+@pytest.mark.parametrize("use", list(USES))
+def test_softcap_and_logit_scale_match_float64(use):
+    x, w, b, target, grads = _problem((3, 6), 16, 400, dtype=torch.float64, seed=17)
+    w = w * 4  # scores beyond the cap
+
+    def fn(xx, ww, bb):
+        return ce.linear_token_log_probs(xx, ww, target, linear_bias=bb, temperature=0.8,
+                                         logit_scale=1.5, softcap=5.0, return_entropy=True,
+                                         memory_budget=6000)
+
+    ref = _run(lambda xx, ww, bb: _reference_capped(xx, ww, bb, target, 0.8, 1.5, 5.0),
+               (x, w, b), grads, use)
+    _close(_run(fn, (x, w, b), grads, use), ref)
+    assert F.linear(x, w, b).abs().max() * 1.5 > 10.0  # the cap is active
+
+
+def test_softcap_and_logit_scale_match_trl(monkeypatch):
+    fn = _trl_chunked_logprob(monkeypatch)
+    x, w, b, target, grads = _problem((24,), 16, 70, seed=18, ignored=0.0)
+    w = w * 4
+
+    def trl(xx, ww, bb):
+        lp, ent, *_ = fn.apply(xx, ww, bb, target, 0.7, 16, 6.0, 1.3, ("entropy",))
+        return lp, ent
+
+    def ours(xx, ww, bb):
+        return ce.linear_token_log_probs(xx, ww, target, linear_bias=bb, temperature=0.7,
+                                         logit_scale=1.3, softcap=6.0, return_entropy=True)
+
+    _close(_run(ours, (x, w, b), grads), _run(trl, (x, w, b), grads), atol=1e-5, rtol=1e-5)
+
+
 # --- TRL's other per-token fields (extras=) -------------------------------------------------
 def _reference_extras(x, w, b, target, temperature, ignore_index=IGNORE):
     z = F.linear(x.double(), w.double(), None if b is None else b.double()) / temperature
@@ -321,6 +363,19 @@ def test_triton_backend_matches_float64(triton_kernels, use):
 
 @pytest.mark.triton
 @pytest.mark.slow
+def test_triton_backend_softcap(triton_kernels):
+    x, w, b, target, grads = _problem((2, 5), 24, 45, seed=19)
+    w = w * 4
+    got = _run(lambda xx, ww, bb: ce.linear_token_log_probs(
+        xx, ww, target, linear_bias=bb, temperature=0.8, logit_scale=1.5, softcap=5.0,
+        return_entropy=True, backend="triton"), (x, w, b), grads)
+    want = _run(lambda xx, ww, bb: _reference_capped(xx, ww, bb, target, 0.8, 1.5, 5.0),
+                (x, w, b), grads)
+    _close(got, want, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.triton
+@pytest.mark.slow
 def test_triton_backend_extras(triton_kernels):
     x, w, b, target, _ = _problem((2, 7), 24, 45, seed=16)
     target[0] = F.linear(x, w, b)[0].argmax(-1)
@@ -368,6 +423,12 @@ def test_errors_name_the_argument():
         ce.linear_token_log_probs(x, w, target, extras=("log_probs",))
     with pytest.raises(ArgumentTypeError, match="extras"):
         ce.linear_token_log_probs(x, w, target, extras="is_top1")
+    with pytest.raises(ArgumentError, match="softcap"):
+        ce.linear_token_log_probs(x, w, target, softcap=-1.0)
+    with pytest.raises(ArgumentError, match="logit_scale"):
+        ce.linear_token_log_probs(x, w, target, logit_scale=0.0)
+    with pytest.raises(ArgumentError, match="mean_logits"):
+        ce.linear_token_log_probs(x, w, target, softcap=5.0, extras=("mean_logits",))
 
 
 def test_double_backward_raises():

@@ -60,6 +60,7 @@ def _cases(world_size):
         _case("tokens_2d", split, shape=(11,), seed=4),
         _case("tiled_vocab", tiled, seed=5, hidden=8, memory_budget=4000),
         _case("extras", split, seed=6, top1_hits=4, extras=("mean_logits", "is_top1")),
+        _case("softcap_scale", split, seed=7, softcap=2.0, logit_scale=1.4),
     ]
 
 
@@ -96,7 +97,9 @@ def _expected(case):
     x = case["x"].clone().requires_grad_()
     w = case["w"].clone().requires_grad_()
     b = None if case["b"] is None else case["b"].clone().requires_grad_()
-    z = F.linear(x, w, b) / case["temperature"]
+    y = F.linear(x, w, b) * case["options"].get("logit_scale", 1.0)
+    cap = case["options"].get("softcap")
+    z = (y if cap is None else cap * torch.tanh(y / cap)) / case["temperature"]
     log_p = torch.log_softmax(z, -1)
     target = case["target"]
     valid = target != IGNORE

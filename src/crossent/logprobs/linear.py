@@ -84,18 +84,23 @@ def linear_token_log_probs(
     backend: str = "auto",
     group=None,
     extras: tuple[str, ...] = (),
+    logit_scale: float = 1.0,
+    softcap: float | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor] | TokenLogProbs:
     """Per-token log-probabilities (and entropy) of an output layer, without its logits.
 
     The log-probability of each target token under ``input @ linear_weight.T +
-    linear_bias`` at a temperature, and optionally each position's entropy. With ``z = (x @ W.T + b) / temperature`` computed tile by tile (never held whole),
+    linear_bias`` at a temperature, and optionally each position's entropy. With
+    ``z = softcap(logit_scale * (x @ W.T + b)) / temperature`` computed tile by tile
+    (never held whole; ``softcap(y) = cap * tanh(y / cap)``, TRL's order of the three),
     ``p = softmax(z)`` and ``m`` the row max::
 
         log_probs = log p_y = (z_y - m) - log sum_v exp(z_v - m)        (<= 0 by construction)
         entropy   = -sum_v p_v log p_v
         d log p_y / d z_v = delta_vy - p_v          d entropy / d z_v = -p_v (log p_v + H)
 
-    chained through ``1 / temperature`` into ``x``, ``W`` and ``b``; 0, with no gradient,
+    chained through ``1 / temperature`` (and the cap and scale) into ``x``, ``W`` and
+    ``b``; 0, with no gradient,
     at positions whose target is ``ignore_index``. This is
     :func:`crossent.token_log_probs` of ``F.linear(input, linear_weight, linear_bias)``,
     the per-token quantities of PPO, GRPO, RLOO and DPO, with the memory of
@@ -126,7 +131,12 @@ def linear_token_log_probs(
         extras: per-token monitoring values of TRL's ``add_fused_lm_head``, without
             gradient, 0 / False at ignored positions: ``'mean_logits'`` (``mean_v z_v``,
             at the temperature: one matrix-vector product) and ``'is_top1'`` (whether the
-            target is the first argmax: the argmax statistic of the same pass).
+            target is the first argmax: the argmax statistic of the same pass);
+            ``'mean_logits'`` with ``softcap`` is not supported.
+        logit_scale: a finite number ``> 0`` the scores are multiplied by first (e.g.
+            Cohere's ``logit_scale``).
+        softcap: ``cap > 0`` for Gemma 2's final-logit soft-capping, None (or ``math.inf``)
+            for none; applied before the temperature.
     Shape:
         - input: ``(..., H)``, e.g. ``(B, T, H)``; linear_weight ``(V, H)``; linear_bias ``(V,)``.
         - target: ``input.shape[:-1]``.
@@ -161,18 +171,24 @@ def linear_token_log_probs(
         _checks.check_floating("input", input)
         if input.dim() < 1:
             raise _checks.ArgumentError("input must have shape (..., H), got a 0-d tensor")
-        scale = 1.0 / _checks.check_temperature("temperature", temperature,
+        inv_t = 1.0 / _checks.check_temperature("temperature", temperature,
                                                 accumulation_dtype(input.dtype))
+        _, _, cap, ls = _checks.check_logit_options(0.0, 0.0, softcap, logit_scale)
+        # softcap(ls y) / T = (cap / T) tanh((ls / T) y / (cap / T)): one score transform
+        scale, cap = ls * inv_t, None if cap is None else cap * inv_t
         index = _checks.check_int("ignore_index", ignore_index)
         if not isinstance(return_entropy, bool):
             raise _checks.ArgumentTypeError(
                 f"return_entropy must be a bool, got {type(return_entropy).__name__}")
-        _check_extras(extras)
+        if "mean_logits" in _check_extras(extras) and cap is not None:
+            raise _checks.ArgumentError(
+                "extras=('mean_logits',) with softcap is not supported: the mean of capped "
+                f"scores is not linear in the hidden states (got softcap={softcap})")
         flat = _checks.check_class_index_target(
             target, input.shape[:-1], 0, index, input.device,
             shape_hint=" (input.shape[:-1])", bounds=False).reshape(-1)
         a = _linear_args(input.reshape(-1, input.shape[-1]), linear_weight, flat, linear_bias,
-                         None, "none", index, 0.0, 0.0, None, scale, "zero", backend,
+                         None, "none", index, 0.0, 0.0, cap, scale, "zero", backend,
                          check_bounds=not parallel)
         budget = default_budget("logprobs", input.device) if memory_budget is None \
             else memory_budget
@@ -191,7 +207,7 @@ def linear_token_log_probs(
         a, plan = validate()
         loss, _, ent, best, _, _, _ = linear_ce_op(
             a.x, linear_weight, linear_bias, a.index, None, None, a.ignore_index, 0.0, "none",
-            0.0, None, a.logit_scale, "zero", plan.rows, plan.cols, a.backend,
+            0.0, a.softcap, a.logit_scale, "zero", plan.rows, plan.cols, a.backend,
             stats, a.need_x, a.need_w, a.need_b, entropy_grad=return_entropy, argmax=top1,
         )
     shape = target.shape
