@@ -20,7 +20,7 @@ from .contrastive import (
 )
 from .core.checks import ArgumentError, ArgumentTypeError, TargetIndexError
 from .linear import LinearCrossEntropyLoss, linear_cross_entropy
-from .logprobs import token_log_probs
+from .logprobs import linear_token_log_probs, token_log_probs
 from .losses import (
     CrossEntropyStats,
     binary_cross_entropy,
@@ -91,6 +91,7 @@ __all__ = [
     "poly1_cross_entropy",
     "linear_cross_entropy",
     "token_log_probs",
+    "linear_token_log_probs",
     "LinearCrossEntropyLoss",
     "CrossEntropyLoss",
     "NLLLoss",

@@ -117,3 +117,38 @@ def test_bench_margin_implementations_agree():
         inputs = suite.make_inputs(cfg, case)
         torch.testing.assert_close(suite.step("crossent", inputs, cfg, case),
                                    suite.step("torch", inputs, cfg, case))
+
+
+def test_bench_logprobs_tiny(tmp_path, capsys):
+    out = tmp_path / "lp.json"
+    args = _parse(["logprobs", "--set", "n=16", "h=8", "v=40", "--reps", "1", "--warmup", "0",
+                   "--json", str(out)])
+    assert command.run(args) == 0
+    text = capsys.readouterr().out
+    assert "case fp32" in text and "case bf16" in text and "time/floor" in text
+    (suite,) = json.loads(out.read_text())["suites"]
+    suite_module = load("logprobs")
+    ran = {r["impl"] for r in suite["results"]}
+    skipped = {i for i in suite_module.IMPLS
+               if suite_module.why_unavailable(i, suite["config"]) is not None}
+    assert ran == set(suite_module.IMPLS) - skipped
+    assert {"crossent", "torch_logits", "crossent_lce"} <= ran
+    for impl in skipped:
+        assert f"{impl}: skipped" in text
+    assert all("error" not in r and r["median_s"] > 0 for r in suite["results"])
+
+
+def test_bench_logprobs_implementations_agree():
+    """The suite's implementations compute the same log-probabilities and entropy (so the
+    timings compare like with like); the floor's log-probabilities too."""
+    suite = load("logprobs")
+    cfg = {"n": 24, "h": 8, "v": 50, "temperature": 0.7, "dtype": "float32", "device": "cpu"}
+    x, w, y, _, _ = suite.make_inputs(cfg, suite.CASES["fp32"])
+    want_lp, want_ent = suite.log_probs_and_entropy("torch_logits", x, w, y, 0.7)
+    for impl in suite.IMPLS:
+        if not suite.available(impl, cfg):
+            continue
+        lp, ent = suite.log_probs_and_entropy(impl, x, w, y, 0.7)
+        torch.testing.assert_close(lp.float(), want_lp, atol=1e-5, rtol=1e-5, msg=impl)
+        if ent is not None:
+            torch.testing.assert_close(ent.float(), want_ent, atol=1e-5, rtol=1e-5, msg=impl)

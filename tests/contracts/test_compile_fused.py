@@ -82,6 +82,32 @@ def _margin(fn, **kwargs):
     return ("x", "w"), lambda d: fn(d["x"], d["w"], d["y"], **kwargs), None
 
 
+def _token_log_probs(**kwargs):
+    """linear_token_log_probs, both outputs differentiable, against full logits here."""
+    bias = kwargs.pop("bias", False)
+    names = ("x", "w", "b") if bias else ("x", "w")
+    temperature = kwargs.get("temperature", 1.0)
+
+    def combine(lp, ent):  # a different upstream gradient per row and per output
+        a = torch.arange(1.0, N + 1, dtype=lp.dtype, device=lp.device)
+        return lp * a + ent * a.flip(0)
+
+    def call(d):
+        return combine(*ce.linear_token_log_probs(
+            d["x"], d["w"], d["y_ignored"], linear_bias=d["b"] if bias else None,
+            return_entropy=True, **kwargs))
+
+    def reference(d):
+        log_p = torch.log_softmax(F.linear(d["x"], d["w"], d["b"] if bias else None)
+                                  / temperature, 1)
+        valid = d["y_ignored"] != -100
+        lp = log_p.gather(1, d["y_ignored"].clamp(min=0).unsqueeze(1)).squeeze(1)
+        ent = -(log_p.exp() * log_p).sum(1)
+        return combine(lp * valid, ent * valid)
+
+    return names, call, reference
+
+
 # name -> (the differentiable inputs, the crossent call, an independent reference or None)
 CASES = {
     # linear_cross_entropy: class indices
@@ -120,6 +146,8 @@ CASES = {
         d["f1"], d["f2"], item_ids=d["labels"], item_log_q=d["b"][:N].detach(),
         negatives=d["w"][:3], negative_ids=d["labels"][:3], negative_log_q=d["b"][N:N + 3].detach(),
         temperature=d["temperature"]), None),
+    # per-token log-probabilities and entropy (the entropy's gradient in the same backward)
+    "linear_token_log_probs": _token_log_probs(temperature=0.7, bias=True),
 }
 
 

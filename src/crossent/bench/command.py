@@ -120,6 +120,11 @@ def bench_suite(suite: str, args, overrides: dict) -> dict:
     impls = [i for i in _select(args.impls, module.IMPLS, module.IMPLS) if module.available(i, cfg)]
     shape = " ".join(f"{k}={v}" for k, v in cfg.items() if k not in ("cases", "device", "dtype"))
     print(f"\n== {suite}: {module.DESCRIPTION}\n   {shape} {cfg['dtype']} on {cfg['device']}")
+    why = getattr(module, "why_unavailable", None)
+    for impl in _select(args.impls, module.IMPLS, module.IMPLS) if why else ():
+        reason = why(impl, cfg)
+        if reason:
+            print(f"   {impl}: skipped, {reason}")
     if cfg["device"] == "cuda" and not torch.cuda.is_available():
         print("   needs CUDA, which is not available here; skipping")
         return {"suite": suite, "config": cfg, "skipped": "no CUDA", "results": []}

@@ -244,27 +244,39 @@ def tile_stats_(
     *,
     entropy: bool = False,
     argmax: bool = False,
+    scratch: torch.Tensor | None = None,
 ) -> RowStats:
     """:func:`tile_stats` that reuses ``z``'s storage: on return ``z`` holds
     ``exp(z - m)`` (``m`` the row max), ready to become ``softmax`` by one division.
 
     For fused passes that need the exponentials next (a gradient tile) and cannot
-    afford a second tile-sized buffer. Only ``entropy=True`` allocates a temporary.
-    The target sums are taken on ``z - m``, between the shift and the exponential
-    (no extra pass).
+    afford a second tile-sized buffer. The target sums are taken on ``z - m``, between
+    the shift and the exponential (no extra pass). ``entropy=True`` takes
+    ``zexp = sum_c e_c (z_c - m) = sum_c e_c log e_c`` from the exponentials ``e``
+    (:func:`_xlogx_sum`, into ``scratch``, a buffer of at least ``z``'s shape, or a
+    temporary when None).
     """
-    best = z.argmax(1) + col_start if argmax else None
-    m = z.amax(1) if z.shape[1] else z.new_full(z.shape[:1], -torch.inf)
+    if argmax and z.shape[1]:
+        m, best = z.max(1)  # one pass for both
+        best = best + col_start
+    else:
+        best = None
+        m = z.amax(1) if z.shape[1] else z.new_full(z.shape[:1], -torch.inf)
     safe = _finite_or_zero(m).unsqueeze(1)
     z.sub_(safe)
     dot, mass = _dot(z, target, col_start, None)
-    zexp = None
-    if entropy:
-        e = torch.exp(z)
-        zexp = torch.where(e > 0, e * z, torch.zeros((), dtype=z.dtype, device=z.device)).sum(1)
-        del e
     z.exp_()
+    zexp = _xlogx_sum(z, scratch) if entropy else None
     return RowStats(m, z.sum(1), dot, zexp, best, mass)
+
+
+def _xlogx_sum(e: torch.Tensor, scratch: torch.Tensor | None) -> torch.Tensor:
+    """``sum_c e_c log e_c`` per row (0 for ``e_c = 0``: a ``-inf`` score), through
+    ``scratch`` (a buffer of at least ``e``'s shape) when given. With ``e = exp(z - m)``
+    this is the entropy's ``zexp`` with ``log e = z - m`` read back from ``e``: two passes
+    over the tile, where forming ``e * (z - m)`` beside ``z - m`` takes four and a copy."""
+    out = None if scratch is None else scratch[: e.shape[0], : e.shape[1]]
+    return torch.special.xlogy(e, e, out=out).sum(1)
 
 
 def softmax_stats_(
@@ -273,6 +285,8 @@ def softmax_stats_(
     col_start: int = 0,
     *,
     argmax: bool = False,
+    entropy: bool = False,
+    scratch: torch.Tensor | None = None,
 ) -> RowStats:
     """:func:`tile_stats_` for a tile of *whole* rows, leaving ``softmax(z)`` in ``z``
     (not ``exp(z - m)``): no division is left for the caller.
@@ -282,8 +296,11 @@ def softmax_stats_(
     between; ``max`` / ``sub`` / ``exp`` / ``sum`` written out pass over the tile four
     times. The state is ``(m, l)`` with ``l = 1 / p(argmax)``, since the softmax at the
     row max is ``e^0 / l`` (as :func:`row_logsumexp`). Finite rows only (a row of
-    ``-inf`` gives NaN here); no entropy. A target whose sum needs every shifted score
-    (label smoothing, probabilities) costs one more in-place pass, ``z -= m``.
+    ``-inf`` gives NaN here). A target whose sum needs every shifted score
+    (label smoothing, probabilities) costs one more in-place pass, ``z -= m``. With
+    ``entropy``, ``zexp = sum_c e_c (z_c - m) = l (sum_c p_c log p_c + log l)`` from the
+    probabilities (:func:`_xlogx_sum`, through ``scratch``), so that
+    :func:`entropy` gives ``-sum_c p_c log p_c``.
     """
     m, best = z.max(1)
     if _shift_is_free(target):
@@ -293,7 +310,8 @@ def softmax_stats_(
         dot, mass = _dot(z, target, col_start, None)
     torch._softmax(z, 1, False, out=z)
     sumexp = z.gather(1, best.unsqueeze(1)).squeeze(1).reciprocal()
-    return RowStats(m, sumexp, dot, None, best + col_start if argmax else None, mass)
+    zexp = sumexp * (_xlogx_sum(z, scratch) + torch.log(sumexp)) if entropy else None
+    return RowStats(m, sumexp, dot, zexp, best + col_start if argmax else None, mass)
 
 
 def cross_entropy_rows(

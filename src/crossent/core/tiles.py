@@ -93,6 +93,14 @@ BUDGETS: dict[tuple[str, str], int] = {
     # as one float32 (the norm) per row, i.e. chunk_rows(C, 1, "weight_norms", device).
     ("weight_norms", "cpu"): (1 << 16) * 4,
     ("weight_norms", "cuda"): (1 << 16) * 4,
+    # Per-token log-probabilities and entropy fused with the output layer
+    # (crossent.linear_token_log_probs): tiles recomputed in the backward like
+    # 'linear_recompute', two buffers with the entropy, and taller bands pay: at N=512,
+    # H=1024, V=32000 fp32 on a busy 2-core CPU, forward + backward through both outputs
+    # took 4.9 s at 16 MiB, 3.9 s at 64 MiB, 3.1 s at 256 MiB (whole rows: 220 of a 152k
+    # vocabulary). Still a tenth of the logits at 4096 x 151936 (TRL's buffer is 512 MiB).
+    ("logprobs", "cpu"): 256 << 20,
+    ("logprobs", "cuda"): 128 << 20,
 }
 
 #: Whole rows are tiled only when at least this many fit (else bands of this many rows,

@@ -33,6 +33,9 @@ a :class:`~crossent.core.tiles.TilePlan` and
 
 - ``row_scale`` ``(N,)`` acc dtype or None: the ``r`` above (None: statistics only);
 - ``lse`` ``(N,)`` or None: known log-sum-exp (then only gradients are formed);
+- ``entropy_grad`` :class:`EntropyGrad` or None (only with ``lse``): the upstream
+  gradient ``e`` of each row's entropy ``H`` of ``softmax(z)`` and ``H`` itself, which add
+  ``-e_i p_ic (z_ic - lse_i + H_i)`` (``dH/dz = -p (log p + H)``) to ``dloss/dz`` above;
 
 and returns a :class:`LinearResult`, whose statistics are relative to the row max
 (``lse_shifted``, ``dot``; ``shift``) so that the loss keeps its digits.
@@ -95,6 +98,28 @@ class LinearResult(NamedTuple):
     # non-negative terms at any magnitude of the scores (crossent.core.stats).
     lse_shifted: torch.Tensor | None = None
     shift: torch.Tensor | None = None
+
+
+class EntropyGrad(NamedTuple):
+    """The entropy's share of a recomputed gradient: per row the upstream gradient
+    ``coef`` of the entropy (0 on rows that get none) and the ``entropy`` ``H`` of the
+    forward pass, both ``(N,)`` in the accumulation dtype."""
+
+    coef: torch.Tensor
+    entropy: torch.Tensor
+
+
+def _entropy_tile_(tile: torch.Tensor, coef: torch.Tensor, p_coef: torch.Tensor,
+                   ent: EntropyGrad, s: int, e: int) -> torch.Tensor:
+    """``tile`` (``log p = z - lse``) becomes ``p * (p_coef - e (log p + H))`` in place,
+    through ``coef`` (a buffer of its shape); the target term is added afterwards.
+    ``log p`` is clamped at -1e4 first, where ``p`` is 0 in float32 and float64 alike: a
+    ``-inf`` score (a masked class) then gives 0, not ``0 * inf``."""
+    grad_h = ent.coef[s:e]
+    tile.clamp_(min=-1e4)
+    offset = p_coef - grad_h * ent.entropy[s:e]  # p_coef - e H, per row
+    torch.addcmul(offset.unsqueeze(1), tile, grad_h.neg().unsqueeze(1), out=coef)
+    return tile.exp_().mul_(coef)
 
 
 def tile_buffers(transform: ScoreTransform, *, grads: bool, entropy: bool, probs: bool) -> int:
@@ -264,10 +289,11 @@ class _FoldedTarget:
                 grad.addr_(self.weight.to(grad.dtype), u)
 
 
-def _gradient_tile_(e: torch.Tensor, u: torch.Tensor | None, p_coef: torch.Tensor,
+def _gradient_tile_(e: torch.Tensor, u: torch.Tensor | None, p_coef: torch.Tensor | None,
                     t_coef: torch.Tensor, target, c0: int, transform: ScoreTransform) -> torch.Tensor:
     """``e`` (exponentials, ``p = e * p_coef / r-part``) becomes ``dL/d(xW^T+b)`` in place:
-    ``e * p_coef + t_coef * t``, times ``1 - tanh^2`` and the logit scale."""
+    ``e * p_coef + t_coef * t`` (``p_coef`` None: ``e`` is scaled already), times
+    ``1 - tanh^2`` and the logit scale."""
     target.add_scaled_(e, t_coef, c0, grad_scale=p_coef)
     if u is not None:
         e.mul_(u.square_().neg_().add_(1.0))
@@ -322,8 +348,10 @@ def run(
     need_b: bool = True,
     entropy: bool = False,
     argmax: bool = False,
+    entropy_grad: EntropyGrad | None = None,
 ) -> LinearResult:
-    """Statistics (when ``lse`` is None) and gradients (when ``row_scale`` is given)."""
+    """Statistics (when ``lse`` is None) and gradients (when ``row_scale`` is given; with
+    ``entropy_grad`` and a known ``lse``, the entropy's share too)."""
     n, v = p.x.shape[0], p.num_classes
     acc, dev = p.acc, p.x.device
     ops = _Operands(p)
@@ -343,9 +371,9 @@ def run(
         dot = ent = best = lse_shifted = shift = None
     keep_tanh = grads and p.transform.softcap is not None
     # Whole rows of x W^T on CPU: the statistics leave softmax(z) in the tile through
-    # PyTorch's fused in-place row kernel (_stats.softmax_stats_). Elsewhere, with the
-    # entropy, or for another score source, exp(z - m) as the tiles of the two-pass path.
-    normalized = fused and want_stats and p.scores is None and not entropy and dev.type == "cpu"
+    # PyTorch's fused in-place row kernel (_stats.softmax_stats_). Elsewhere, or for
+    # another score source, exp(z - m) as the tiles of the two-pass path.
+    normalized = fused and want_stats and p.scores is None and dev.type == "cpu"
     fold = _FoldedTarget(p.target) if grads and _FoldedTarget.applies(p, normalized, ops) else None
     buf = torch.empty(min(plan.rows, n), min(plan.cols, v), dtype=acc, device=dev)
     gx_acc_buf = (
@@ -353,6 +381,12 @@ def run(
         if grads and sinks.grad_x is not None and (not fused or p.scores is not None) else None
     )
     mass = p.target.mass
+    # the entropy's tile-sized scratch: its terms in the statistics, its gradient's
+    # coefficients against a known lse (one of the two per call)
+    scratch = None
+    if (want_stats and entropy) or (grads and entropy_grad is not None):
+        scratch = torch.empty_like(buf)
+    coef_buf = scratch if grads and entropy_grad is not None else None
     for s, e in _bands(n, plan.rows):
         if s > 0:
             sinks.first_band = False
@@ -365,9 +399,11 @@ def run(
                 tile = buf[: e - s, : min(plan.cols, v - c0)]
                 u = _logits_(ops, band, tile, xb, c0, p.transform, keep_tanh and fused)
                 if normalized:  # the tile becomes softmax(z)
-                    part = _stats.softmax_stats_(tile, tgt, c0, argmax=argmax)
+                    part = _stats.softmax_stats_(tile, tgt, c0, argmax=argmax, entropy=entropy,
+                                                 scratch=scratch)
                 else:  # the tile becomes exp(z - m)
-                    part = _stats.tile_stats_(tile, tgt, c0, entropy=entropy, argmax=argmax)
+                    part = _stats.tile_stats_(tile, tgt, c0, entropy=entropy, argmax=argmax,
+                                              scratch=scratch)
                 stats = part if stats is None else _stats.merge(stats, part)
             lse[s:e] = _stats.logsumexp(stats)
             lse_shifted[s:e] = _stats.shifted_logsumexp(stats)
@@ -412,8 +448,13 @@ def run(
         for c0 in range(0, v, plan.cols):
             tile = buf[: e - s, : min(plan.cols, v - c0)]
             u = ops.logits_(tile, xb, c0, p.transform, keep_tanh)
-            tile.sub_(band_lse.unsqueeze(1)).exp_()
-            g = _gradient_tile_(tile, u, p_coef, -r, tgt, c0, p.transform)
+            tile.sub_(band_lse.unsqueeze(1))
+            if coef_buf is None:
+                g = _gradient_tile_(tile.exp_(), u, p_coef, -r, tgt, c0, p.transform)
+            else:
+                coef = coef_buf[: e - s, : tile.shape[1]]
+                g = _gradient_tile_(_entropy_tile_(tile, coef, p_coef, entropy_grad, s, e), u,
+                                    None, -r, tgt, c0, p.transform)
             if gx_acc is None and sinks.grad_x is not None:  # one tile: write dx directly
                 sinks.grad_x[s:e].copy_(ops.matmul(g, ops.weight[c0:c0 + g.shape[1]]))
             sinks.add_tile(ops, g, xb, c0, gx_acc)

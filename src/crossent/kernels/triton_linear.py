@@ -9,7 +9,8 @@ registers (``tl.dot`` over ``BLOCK_H`` slices of the hidden size), never writing
   ``sum_c t_c (z_c - m)`` (:mod:`crossent.core.stats`), and optionally entropy and argmax.
 - :func:`_grad_kernel`, one program per ``BLOCK_N x BLOCK_V`` tile of a row band,
   writes the gradient tile ``G = p_coef * exp(z - lse) + t_coef * t`` chained through
-  the soft-cap and scale (see :mod:`crossent.kernels.torch_chunked` for the formulas);
+  the soft-cap and scale (see :mod:`crossent.kernels.torch_chunked` for the formulas;
+  with an entropy gradient, ``p (p_coef - e (log p + H)) + t_coef * t``);
   ``dx = G @ W``, ``dW += G^T x`` and ``db += sum G`` are then dense matmuls on the
   band, in float32, deterministic (no atomics). The band follows the memory budget.
 
@@ -139,11 +140,11 @@ def _stats_kernel(x_ptr, w_ptr, b_ptr, y_ptr, tw_ptr, valid_ptr, cw_ptr,
 
 @triton.jit
 def _grad_kernel(x_ptr, w_ptr, b_ptr, y_ptr, tw_ptr, valid_ptr, cw_ptr, lse_ptr,
-                 pcoef_ptr, tcoef_ptr, g_ptr,
+                 pcoef_ptr, tcoef_ptr, g_ptr, ecoef_ptr, ent_ptr,
                  N, V, H, v_start, v_width, stride_x, stride_w, stride_g, scale, cap,
                  smooth_keep, smooth_each,
                  HAS_BIAS: tl.constexpr, HAS_CAP: tl.constexpr, HAS_CW: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+                 HAS_ENT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
                  DOT_PRECISION: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_v = tl.program_id(1)
@@ -161,7 +162,14 @@ def _grad_kernel(x_ptr, w_ptr, b_ptr, y_ptr, tw_ptr, valid_ptr, cw_ptr, lse_ptr,
     y = tl.load(y_ptr + rows, mask=row_mask, other=0)
     tw = tl.load(tw_ptr + rows, mask=row_mask, other=0.0)
     valid = tl.load(valid_ptr + rows, mask=row_mask, other=0.0)
-    g = pcoef[:, None] * tl.exp(z - lse[:, None])
+    if HAS_ENT:
+        # the entropy's share: p (pcoef - e (log p + H)); 0 where p = 0 (a -inf score)
+        ecoef = tl.load(ecoef_ptr + rows, mask=row_mask, other=0.0)
+        ent = tl.load(ent_ptr + rows, mask=row_mask, other=0.0)
+        log_p = tl.maximum(z - lse[:, None], -1e4)
+        g = tl.exp(log_p) * (pcoef[:, None] - ecoef[:, None] * (log_p + ent[:, None]))
+    else:
+        g = pcoef[:, None] * tl.exp(z - lse[:, None])
     onehot = tl.where(cols[None, :] == y[:, None], smooth_keep * tw[:, None], 0.0)
     if HAS_CW:
         cw = tl.load(cw_ptr + cols, mask=col_mask, other=0.0)
@@ -214,11 +222,12 @@ def _dot_precision(dtype: torch.dtype) -> str:
 
 
 def run(p: LinearProblem, plan: TilePlan, *, row_scale=None, lse=None, need_x=True, need_w=True,
-        need_b=True, entropy=False, argmax=False) -> LinearResult:
+        need_b=True, entropy=False, argmax=False, entropy_grad=None) -> LinearResult:
     """The :mod:`crossent.kernels.torch_chunked` contract, with logit tiles on chip."""
     if not _supported(p):
         return torch_chunked.run(p, plan, row_scale=row_scale, lse=lse, need_x=need_x,
-                                 need_w=need_w, need_b=need_b, entropy=entropy, argmax=argmax)
+                                 need_w=need_w, need_b=need_b, entropy=entropy, argmax=argmax,
+                                 entropy_grad=entropy_grad)
     x = p.x.contiguous()
     w = p.weight.contiguous()
     b = p.bias if p.bias is not None else x.new_empty(0)
@@ -235,12 +244,14 @@ def run(p: LinearProblem, plan: TilePlan, *, row_scale=None, lse=None, need_x=Tr
         dot = torch.empty_like(lse)
         lse_shifted = torch.empty_like(lse)
         shift = torch.empty_like(lse)
-        ent = torch.empty_like(lse) if entropy else lse.new_empty(1)
-        best = torch.empty(n if argmax else 1, dtype=torch.int64, device=dev)
+        # the kernel writes both per-row statistics when either is asked for
+        stats = bool(entropy or argmax)
+        ent = torch.empty_like(lse) if stats else lse.new_empty(1)
+        best = torch.empty(n if stats else 1, dtype=torch.int64, device=dev)
         _stats_kernel[(triton.cdiv(n, bn),)](
             x, w, b, y, tw, valid, cw, lse, dot, ent, best, lse_shifted, shift,
             n, v, h, x.stride(0), w.stride(0),
-            **c["scalars"], **c["flags"], STATS=bool(entropy or argmax),
+            **c["scalars"], **c["flags"], STATS=stats,
             BLOCK_N=bn, BLOCK_V=bv, BLOCK_H=bh,
         )
         ent = ent if entropy else None
@@ -250,6 +261,9 @@ def run(p: LinearProblem, plan: TilePlan, *, row_scale=None, lse=None, need_x=Tr
         r = row_scale.float()
         pcoef = (r * (p.target.mass.float() + 2.0 * p.z_loss * lse)).contiguous()
         tcoef = (-r).contiguous()
+        has_ent = entropy_grad is not None
+        ecoef = entropy_grad.coef.float().contiguous() if has_ent else pcoef
+        ent_h = entropy_grad.entropy.float().contiguous() if has_ent else pcoef
         gx = torch.empty_like(x) if need_x else None
         gw = torch.zeros(w.shape, dtype=torch.float32, device=dev) if need_w else None
         gb = torch.zeros(v, dtype=torch.float32, device=dev) if need_b and p.bias is not None else None
@@ -265,8 +279,10 @@ def run(p: LinearProblem, plan: TilePlan, *, row_scale=None, lse=None, need_x=Tr
                 g = buf[: e - s, :k]
                 _grad_kernel[(triton.cdiv(e - s, bn), triton.cdiv(k, bv))](
                     xb, w, b, y[s:e], tw[s:e], valid[s:e], cw, lse[s:e], pcoef[s:e], tcoef[s:e], g,
+                    ecoef[s:e], ent_h[s:e],
                     e - s, v, h, c0, k, x.stride(0), w.stride(0), g.stride(0),
-                    **c["scalars"], **c["flags"], BLOCK_N=bn, BLOCK_V=bv, BLOCK_H=bh,
+                    **c["scalars"], **c["flags"], HAS_ENT=has_ent,
+                    BLOCK_N=bn, BLOCK_V=bv, BLOCK_H=bh,
                 )
                 if gx_acc is not None:
                     gx_acc += (g.to(w.dtype) @ w[c0:c0 + k]).float()

@@ -20,6 +20,12 @@ requires grad gets, from tiles recomputed in the backward::
 (label smoothing ``eps``, class weight ``w``: PyTorch's ``cross_entropy``). The loss comes
 back in :func:`crossent.core.reduction.loss_dtype` of the input.
 
+With ``reduction='none'`` the per-row entropy ``H_i`` of the forward's statistics may be
+differentiable too (``entropy_grad``, for :mod:`crossent.logprobs`): the same backward
+recomputes the tiles against the saved ``lse`` and ``H`` and adds, for its upstream
+gradient ``e_i``, ``-e_i p_ic (log p_ic + H_i)`` to ``dloss/dz``
+(:class:`crossent.kernels.torch_chunked.EntropyGrad`).
+
 Two autograd wrappers share this forward and backward:
 
 - the ``torch.library`` custom op ``crossent::linear_cross_entropy`` here (one process;
@@ -48,7 +54,7 @@ from ..core.targets import ClassIndexTarget, ClassProbTarget
 from ..core.tiles import TilePlan
 from ..kernels import margin_scores
 from ..kernels.dispatch import get_backend
-from ..kernels.torch_chunked import LinearProblem, LinearResult
+from ..kernels.torch_chunked import EntropyGrad, LinearProblem, LinearResult
 
 __all__ = ["Need", "Forward", "row_scale", "forward", "gradients", "backward", "linear_ce_op"]
 
@@ -112,7 +118,8 @@ def _cast(res: LinearResult, p: LinearProblem):
 
 def forward(p: LinearProblem, plan: TilePlan, backend: str, *, reduction: str, all_ignored: str,
             stats: bool, need: Need,
-            merge: Callable[[LinearProblem, LinearResult], object] | None = None) -> Forward:
+            merge: Callable[[LinearProblem, LinearResult], object] | None = None,
+            argmax: bool | None = None) -> Forward:
     """The loss (and for 'mean'/'sum' the gradients) of problem ``p`` (see the module).
 
     Args:
@@ -120,6 +127,7 @@ def forward(p: LinearProblem, plan: TilePlan, backend: str, *, reduction: str, a
         plan: the tile sizes. backend: a backend name of :mod:`crossent.kernels.dispatch`.
         reduction: 'none', 'sum' or 'mean'. all_ignored: 'nan' or 'zero'.
         stats: also the per-row entropy and argmax.
+        argmax: with ``stats``, whether the argmax too (None: ``stats``).
         need: the gradients wanted (only ``x``, weight and bias are formed here).
         merge: None for one process (statistics and gradients in one pass); else a hook
             ``merge(p, local) -> m`` turning this shard's statistics into the whole
@@ -129,17 +137,18 @@ def forward(p: LinearProblem, plan: TilePlan, backend: str, *, reduction: str, a
             second pass against the global ``lse``.
     """
     run = get_backend(backend).run
+    best = stats if argmax is None else stats and argmax
     target = p.target
     grads = reduction != "none" and need.params
     if merge is None:
         denominator = target.mean_denominator()
         scale = row_scale(target.valid, reduction, denominator, all_ignored, p.acc) if grads else None
         res = run(p, plan, row_scale=scale, need_x=need.x, need_w=need.w, need_b=need.b,
-                  entropy=stats, argmax=stats)
+                  entropy=stats, argmax=best)
         lse, mass, entropy, argmax = res.lse, target.mass, res.entropy, res.argmax
         lse_shifted, dot, shift = res.lse_shifted, res.dot, res.shift
     else:
-        local = run(p, plan, entropy=stats, argmax=stats)
+        local = run(p, plan, entropy=stats, argmax=best)
         m = merge(p, local)
         lse, mass, entropy, argmax = m.lse, m.mass, m.entropy, m.argmax
         lse_shifted, dot, shift = m.lse_shifted, m.dot, m.shift
@@ -156,7 +165,7 @@ def forward(p: LinearProblem, plan: TilePlan, backend: str, *, reduction: str, a
     loss = reduce_rows(row_loss, reduction, denominator, all_ignored=all_ignored)
     gx, gw, gb = _cast(res, p) if grads else (None, None, None)
     return Forward(loss.to(loss_dtype(p.x.dtype)), lse, entropy if stats else None,
-                   argmax if stats else None, gx, gw, gb, p, denominator)
+                   argmax if best else None, gx, gw, gb, p, denominator)
 
 
 def _target_gradient(p: LinearProblem, plan: TilePlan, lse: torch.Tensor,
@@ -183,14 +192,16 @@ def _target_gradient(p: LinearProblem, plan: TilePlan, lse: torch.Tensor,
 
 
 def gradients(p: LinearProblem, plan: TilePlan, backend: str, *, lse: torch.Tensor,
-              scale: torch.Tensor, need: Need):
+              scale: torch.Tensor, need: Need, entropy_grad: EntropyGrad | None = None):
     """``(grad_x, grad_weight, grad_bias, grad_target)`` for row scale ``scale``
     (:func:`row_scale`), the tiles recomputed against the known ``lse``; None where not
-    wanted. The backward of 'none', and of a probability target for every reduction."""
+    wanted. The backward of 'none', and of a probability target for every reduction.
+    ``entropy_grad``: the per-row entropy's upstream gradient and value, whose share
+    ``-e_i p_ic (log p_ic + H_i)`` joins ``dloss/dz`` ('none' only)."""
     gx = gw = gb = gt = None
     if need.params:
         res = get_backend(backend).run(p, plan, row_scale=scale, lse=lse, need_x=need.x,
-                                       need_w=need.w, need_b=need.b)
+                                       need_w=need.w, need_b=need.b, entropy_grad=entropy_grad)
         gx, gw, gb = _cast(res, p)
     if need.t:
         gt = _target_gradient(p, plan, lse, scale)
@@ -294,7 +305,8 @@ def linear_ce_op(
     ignore_index: int, label_smoothing: float, reduction: str, z_loss: float,
     softcap: Optional[float], logit_scale: float, all_ignored: str, rows: int, cols: int,
     backend: str, stats: bool, need_x: bool, need_w: bool, need_b: bool, need_t: bool = False,
-    margin: str = "", margin_args: Optional[Sequence[float]] = None,
+    margin: str = "", margin_args: Optional[Sequence[float]] = None, entropy_grad: bool = False,
+    argmax: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One process' fused linear cross-entropy: :func:`forward` as a custom op.
 
@@ -302,11 +314,14 @@ def linear_ce_op(
     gradients (for a unit upstream gradient) only for scalar reductions, else empty, like
     entropy and argmax without ``stats``. ``need_t``: the probability target ``probs``
     gets a gradient (formed in the backward). ``margin``/``margin_args``: a margin head's
-    spec (:mod:`crossent.margin`), or "" for none."""
+    spec (:mod:`crossent.margin`), or "" for none. ``entropy_grad`` (with ``stats`` and
+    ``reduction='none'``): the entropy is differentiable too (per-token log-probabilities,
+    :mod:`crossent.logprobs`); its gradient joins the loss' in the one recomputing backward.
+    ``argmax=False``: with ``stats``, the entropy without the argmax (returned empty)."""
     p = _problem(x, weight, bias, index, probs, class_weight, ignore_index, label_smoothing,
                  z_loss, softcap, logit_scale, margin, margin_args)
     out = forward(p, TilePlan(rows, cols), backend, reduction=reduction, all_ignored=all_ignored,
-                  stats=stats, need=Need(need_x, need_w, need_b))
+                  stats=stats, need=Need(need_x, need_w, need_b), argmax=argmax)
     acc = accumulation_dtype(x.dtype)
     return (
         out.loss, out.lse,
@@ -318,7 +333,7 @@ def linear_ce_op(
 @linear_ce_op.register_fake
 def _(x, weight, bias, index, probs, class_weight, ignore_index, label_smoothing, reduction,
       z_loss, softcap, logit_scale, all_ignored, rows, cols, backend, stats, need_x, need_w, need_b,
-      need_t=False, margin="", margin_args=None):
+      need_t=False, margin="", margin_args=None, entropy_grad=False, argmax=True):
     acc = accumulation_dtype(x.dtype)
     n = x.shape[0]
     loss = x.new_empty((n,) if reduction == "none" else (), dtype=loss_dtype(x.dtype))
@@ -327,7 +342,7 @@ def _(x, weight, bias, index, probs, class_weight, ignore_index, label_smoothing
         loss,
         x.new_empty((n,), dtype=acc),
         x.new_empty((n,) if stats else _EMPTY, dtype=acc),
-        x.new_empty((n,) if stats else _EMPTY, dtype=torch.int64),
+        x.new_empty((n,) if stats and argmax else _EMPTY, dtype=torch.int64),
         torch.empty_like(x) if scalar_grads and need_x else _empty(x),
         torch.empty_like(weight) if scalar_grads and need_w else _empty(weight),
         torch.empty_like(bias) if scalar_grads and need_b and bias is not None else _empty(x),
@@ -342,24 +357,29 @@ def _linear_ce_backward_op(
     softcap: Optional[float], logit_scale: float, all_ignored: str, rows: int, cols: int,
     backend: str, need_x: bool, need_w: bool, need_b: bool, need_t: bool,
     margin: str = "", margin_args: Optional[Sequence[float]] = None,
+    grad_entropy: Optional[torch.Tensor] = None, entropy: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`gradients` as a custom op: ``(grad_x, grad_weight, grad_bias, grad_probs)``
     (empty where not wanted), tiles recomputed against ``lse`` for the upstream
-    ``grad_loss`` (per row for 'none', a scalar otherwise)."""
+    ``grad_loss`` (per row for 'none', a scalar otherwise) and, when given, the upstream
+    ``grad_entropy`` of the forward's per-row ``entropy`` ('none')."""
     p = _problem(x, weight, bias, index, probs, class_weight, ignore_index, label_smoothing,
                  z_loss, softcap, logit_scale, margin, margin_args)
     target = p.target
     scale = row_scale(target.valid, reduction, target.mean_denominator(), all_ignored, lse.dtype,
                       grad_loss)
+    ent = None
+    if grad_entropy is not None:
+        ent = EntropyGrad(grad_entropy.to(lse.dtype) * target.valid, entropy)
     gx, gw, gb, gt = gradients(p, TilePlan(rows, cols), backend, lse=lse, scale=scale,
-                               need=Need(need_x, need_w, need_b, need_t))
+                               need=Need(need_x, need_w, need_b, need_t), entropy_grad=ent)
     return _or_empty(gx, x), _or_empty(gw, weight), _or_empty(gb, x), _or_empty(gt, x)
 
 
 @_linear_ce_backward_op.register_fake
 def _(grad_loss, x, weight, bias, index, probs, class_weight, lse, ignore_index, label_smoothing,
       reduction, z_loss, softcap, logit_scale, all_ignored, rows, cols, backend, need_x, need_w,
-      need_b, need_t, margin="", margin_args=None):
+      need_b, need_t, margin="", margin_args=None, grad_entropy=None, entropy=None):
     return (
         torch.empty_like(x) if need_x else _empty(x),
         torch.empty_like(weight) if need_w else _empty(weight),
@@ -371,33 +391,41 @@ def _(grad_loss, x, weight, bias, index, probs, class_weight, lse, ignore_index,
 _ARGS = ("x", "weight", "bias", "index", "probs", "class_weight", "ignore_index",
          "label_smoothing", "reduction", "z_loss", "softcap", "logit_scale", "all_ignored",
          "rows", "cols", "backend", "stats", "need_x", "need_w", "need_b", "need_t", "margin",
-         "margin_args")
+         "margin_args", "entropy_grad", "argmax")
 _TENSORS = ("x", "weight", "bias", "index", "probs", "class_weight")
 
 
 def _setup_context(ctx, inputs, output):
-    a = {"need_t": False, "margin": "", "margin_args": None, **dict(zip(_ARGS, inputs))}
+    a = {"need_t": False, "margin": "", "margin_args": None, "entropy_grad": False,
+         **dict(zip(_ARGS, inputs))}
     ctx.args = {k: a[k] for k in ("ignore_index", "label_smoothing", "reduction", "z_loss",
                                   "softcap", "logit_scale", "all_ignored", "rows", "cols",
                                   "backend", "margin", "margin_args")}
     need = Need(a["need_x"], a["need_w"], a["need_b"] and a["bias"] is not None,
                 a["need_t"] and a["probs"] is not None)
     _, lse, ent, best, gx, gw, gb = output
-    # Only the loss is differentiable. Without this, autograd would materialise zero
-    # gradients for the other outputs, among them a dW-sized and a dX-sized buffer.
-    ctx.mark_non_differentiable(lse, ent, best, gx, gw, gb)
+    # Only the loss is differentiable (and the entropy with entropy_grad). Without this,
+    # autograd would materialise zero gradients for the other outputs, among them a
+    # dW-sized and a dX-sized buffer.
+    ctx.entropy_grad = bool(a["entropy_grad"] and a["stats"] and a["reduction"] == "none")
+    ctx.mark_non_differentiable(lse, best, gx, gw, gb, *(() if ctx.entropy_grad else (ent,)))
     ctx.set_materialize_grads(False)
     if a["reduction"] == "none" or need.t:  # the backward recomputes tiles
-        ctx.save_for_backward(*(a[k] for k in _TENSORS), lse)
+        ctx.save_for_backward(*(a[k] for k in _TENSORS), lse, ent)
     save(ctx, a["reduction"], need, (gx, gw, gb), *_context(a["margin"]))
 
 
-def _backward(ctx, grad_loss, _lse, _ent, _arg, _gx, _gw, _gb):
-    def recompute(grad, need: Need):
-        *tensors, lse = ctx.saved_tensors
-        return _linear_ce_backward_op(grad, *tensors, lse, **ctx.args, need_x=need.x,
-                                      need_w=need.w, need_b=need.b, need_t=need.t)
+def _backward(ctx, grad_loss, _lse, grad_ent, _arg, _gx, _gw, _gb):
+    grad_ent = grad_ent if ctx.entropy_grad else None
 
+    def recompute(grad, need: Need):
+        *tensors, lse, ent = ctx.saved_tensors
+        extra = {} if grad_ent is None else dict(grad_entropy=grad_ent, entropy=ent)
+        return _linear_ce_backward_op(grad, *tensors, lse, **ctx.args, need_x=need.x,
+                                      need_w=need.w, need_b=need.b, need_t=need.t, **extra)
+
+    if grad_loss is None and grad_ent is not None:  # only the entropy is used downstream
+        grad_loss = torch.zeros_like(ctx.saved_tensors[-2])
     gx, gw, gb, gt = backward(ctx, grad_loss, recompute)
     return (gx, gw, gb, None, gt) + (None,) * (len(_ARGS) - 5)
 

@@ -23,7 +23,7 @@ from ..core.statistics import ScoreTransform
 from ..core.targets import ClassIndexTarget, ClassProbTarget
 from ..core.tiles import TilePlan
 from ..kernels import margin_scores
-from ..kernels.torch_chunked import LinearProblem, LinearResult
+from ..kernels.torch_chunked import EntropyGrad, LinearProblem, LinearResult
 from . import engine
 
 __all__ = ["parallel_linear_cross_entropy", "sharded_linear_cross_entropy"]
@@ -46,6 +46,8 @@ class _LinearSpec:
     shards: Shards
     margin: object = None  # a crossent.kernels.margin_spec.MarginSpec: margin-head scores (Partial FC)
     weight_norms: torch.Tensor | None = None  # the margin head's class norms, if checked already
+    entropy_grad: bool = False  # the merged entropy is differentiable ('none', return_stats)
+    argmax: bool = True  # with return_stats, the argmax too
 
 
 def _merge(spec: _LinearSpec, p: LinearProblem, local: LinearResult) -> Merged:
@@ -80,33 +82,45 @@ class _ParallelLinearCE(torch.autograd.Function):
         out = engine.forward(problem, TilePlan(spec.rows, spec.cols), spec.backend,
                              reduction=spec.reduction, all_ignored=spec.all_ignored,
                              stats=spec.return_stats, need=need,
-                             merge=functools.partial(_merge, spec))
+                             merge=functools.partial(_merge, spec), argmax=spec.argmax)
         ctx.spec = spec
+        entropy = out.entropy if out.entropy is not None else out.lse.new_empty(0)
         if spec.reduction == "none" or need.t:  # the backward recomputes tiles
             ctx.problem, ctx.denominator = out.problem, out.denominator
-            ctx.save_for_backward(out.lse)
+            ctx.save_for_backward(out.lse, entropy)
         context = ("crossent Partial FC" if spec.margin is not None
                    else "crossent.linear_cross_entropy(group=...)")
         engine.save(ctx, spec.reduction, need, out[4:7], context,
                     engine.INSTEAD_MARGIN if spec.margin is not None else engine.INSTEAD_LINEAR)
-        entropy = out.entropy if out.entropy is not None else out.lse.new_empty(0)
         argmax = out.argmax if out.argmax is not None else out.lse.new_empty(0, dtype=torch.int64)
         lse = out.lse.clone()
-        ctx.mark_non_differentiable(lse, entropy, argmax)
+        ctx.entropy_grad = spec.entropy_grad and spec.reduction == "none" and out.entropy is not None
+        if ctx.entropy_grad:
+            entropy = entropy.clone()  # an output, not the saved tensor
+            ctx.mark_non_differentiable(lse, argmax)
+            ctx.set_materialize_grads(False)  # an unused output's gradient is None
+        else:
+            ctx.mark_non_differentiable(lse, entropy, argmax)
         return out.loss, lse, entropy, argmax
 
     @staticmethod
-    def backward(ctx, grad_loss, _lse, _entropy, _argmax):
+    def backward(ctx, grad_loss, _lse, grad_entropy, _argmax):
         spec = ctx.spec
+        grad_entropy = grad_entropy if ctx.entropy_grad else None
 
         def recompute(grad, need: engine.Need):
-            (lse,) = ctx.saved_tensors
+            lse, entropy = ctx.saved_tensors
             p = ctx.problem
             scale = engine.row_scale(p.target.valid, spec.reduction, ctx.denominator,
                                      spec.all_ignored, lse.dtype, grad)
+            ent = None
+            if grad_entropy is not None:  # the global entropy's share, on this shard's tiles
+                ent = EntropyGrad(grad_entropy.to(lse.dtype) * p.target.valid, entropy)
             return engine.gradients(p, TilePlan(spec.rows, spec.cols), spec.backend, lse=lse,
-                                    scale=scale, need=need)
+                                    scale=scale, need=need, entropy_grad=ent)
 
+        if grad_loss is None and grad_entropy is not None:  # only the entropy is used
+            grad_loss = torch.zeros_like(ctx.saved_tensors[0])
         return engine.backward(ctx, grad_loss, recompute) + (None,)
 
 
@@ -117,11 +131,16 @@ def sharded_linear_cross_entropy(x, weight, bias, probs, spec: _LinearSpec):
 
 
 def parallel_linear_cross_entropy(input, linear_weight, linear_bias, weight, validate, *,
-                                  return_stats: bool, all_ignored: str, group):
+                                  return_stats: bool, all_ignored: str, group,
+                                  entropy_grad: bool = False, argmax: bool = True,
+                                  agree_on: dict | None = None):
     """:func:`crossent.linear_cross_entropy` with the output layer's classes sharded:
     ``(loss, lse, entropy, argmax, args)`` for the front to finish. ``validate()`` checks
     the local arguments (not the class-index bounds, which need the global class count)
-    and returns the front's ``(args, tile plan)``; what it raises, it raises on every rank."""
+    and returns the front's ``(args, tile plan)``; what it raises, it raises on every rank.
+    ``entropy_grad`` (``reduction='none'``, ``return_stats``): the merged entropy is
+    differentiable (:mod:`crossent.logprobs`); ``argmax=False``: the statistics without
+    the argmax. ``agree_on``: more options every rank must agree on (the caller's)."""
     context = "crossent.linear_cross_entropy(group=...)"
     a, error, same = None, None, {}
     try:
@@ -133,6 +152,7 @@ def parallel_linear_cross_entropy(input, linear_weight, linear_bias, weight, val
             label_smoothing=a.label_smoothing, z_loss=a.z_loss, softcap=a.softcap,
             logit_scale=a.logit_scale, return_stats=bool(return_stats), all_ignored=all_ignored,
             weight=weight is not None, bias=linear_bias is not None, input_grad=a.need_x,
+            **(agree_on or {}),
         )
     except D.LOCAL_ERRORS as exc:
         error = exc
@@ -148,7 +168,7 @@ def parallel_linear_cross_entropy(input, linear_weight, linear_bias, weight, val
                                  label_smoothing=a.label_smoothing, dtype=acc)
     spec = _LinearSpec(tgt, ScoreTransform(a.logit_scale, a.softcap), a.z_loss, a.reduction,
                        all_ignored, plan.rows, plan.cols, a.backend, bool(return_stats), group,
-                       shards)
+                       shards, entropy_grad=entropy_grad, argmax=argmax)
     x = D.replicated_input(a.x, group) if a.need_x else a.x.detach()
     w = linear_weight if a.need_w else linear_weight.detach()
     b = None if linear_bias is None else (linear_bias if a.need_b else linear_bias.detach())

@@ -17,6 +17,8 @@ A suite module defines (see :mod:`crossent.bench.suites.linear` for a full examp
     def world_size(impl, cfg) -> int | None            # optional: W ranks (a process group)
                                                        # the worker spawns for impl; None: in
                                                        # the worker's process, no group
+    def why_unavailable(impl, cfg) -> str | None       # optional: the line printed for an
+                                                       # impl that is skipped (not installed)
 
 :func:`load` imports a suite by name; the worker (:mod:`crossent.bench.worker`) and the
 command (:mod:`crossent.bench.command`) know nothing else about it.
@@ -37,6 +39,8 @@ SUITES: dict[str, str] = {
     "retrieval": "crossent.bench.suites.retrieval",
     # a Hugging Face causal LM patched by crossent.integrations.transformers
     "hf": "crossent.bench.suites.hf",
+    # per-token log-probabilities and entropy (RL) against TRL's and verl's kernels
+    "logprobs": "crossent.bench.suites.logprobs",
 }
 
 
