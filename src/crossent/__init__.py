@@ -19,6 +19,7 @@ from .contrastive import (
     supcon_loss,
 )
 from .core.checks import ArgumentError, ArgumentTypeError, TargetIndexError
+from .distill import linear_distillation_loss
 from .linear import LinearCrossEntropyLoss, linear_cross_entropy
 from .logprobs import token_log_probs
 from .losses import (
@@ -89,6 +90,7 @@ __all__ = [
     "poly1_cross_entropy",
     "linear_cross_entropy",
     "token_log_probs",
+    "linear_distillation_loss",
     "LinearCrossEntropyLoss",
     "CrossEntropyLoss",
     "NLLLoss",

@@ -15,9 +15,10 @@ import torch
 
 import crossent as ce
 from crossent import ArgumentError, ArgumentTypeError, TargetIndexError
+from distill_reference import IGNORE
+from distill_reference import reference as _reference
 
 D = torch.float64
-IGNORE = -100
 N, C, K = 7, 11, 4
 
 
@@ -32,48 +33,6 @@ def _problem(seed=0, n=N, c=C, k=K, dtype=D):
     lq, idx = log_q_full.topk(k, 1)
     perm = torch.randperm(k, generator=g)  # order does not matter
     return s, t, y, idx[:, perm], lq[:, perm]
-
-
-def _div(p, q, divergence, beta):
-    """float64 divergence per row from probabilities (0 log 0 = 0)."""
-    def kl(a, b):
-        return torch.where(a > 0, a * (a.clamp_min(1e-300).log() - b.log()), 0.0).sum(-1)
-    if divergence == "jsd" and beta == 0.0:
-        divergence = "forward_kl"
-    if divergence == "jsd" and beta == 1.0:
-        divergence = "reverse_kl"
-    if divergence == "forward_kl":
-        return kl(q, p)
-    if divergence == "reverse_kl":
-        return kl(p, q)
-    m = beta * q + (1 - beta) * p
-    return beta * kl(q, m) + (1 - beta) * kl(p, m)
-
-
-def _reference(s, t, y, *, idx=None, lq=None, divergence="forward_kl", beta=0.5, tail="bucket",
-               temperature=1.0, alpha=0.5, reduction="batchmean"):
-    p = torch.softmax(s.double() / temperature, 1)
-    if idx is None:
-        q = torch.softmax(t.double() / temperature, 1)
-    else:
-        pk, qk = p.gather(1, idx), lq.double().exp()
-        if tail == "bucket":
-            p = torch.cat([pk, 1 - pk.sum(1, keepdim=True)], 1)
-            q = torch.cat([qk, (1 - qk.sum(1, keepdim=True)).clamp_min(0)], 1)
-        else:
-            p, q = pk / pk.sum(1, keepdim=True), qk / qk.sum(1, keepdim=True)
-    soft = temperature**2 * _div(p, q, divergence, beta)
-    if y is None:
-        rows = soft
-        count = s.shape[0]
-    else:
-        valid = y != IGNORE
-        ce_rows = -torch.log_softmax(s.double(), 1).gather(1, y.clamp_min(0)[:, None])[:, 0]
-        rows = torch.where(valid, alpha * soft + (1 - alpha) * ce_rows, 0.0)
-        count = valid.sum()
-    if reduction == "none":
-        return rows
-    return rows.sum() if reduction == "sum" else rows.sum() / count
 
 
 def _value_and_grad(fn, s):
@@ -199,30 +158,30 @@ def test_defaults_are_todays():
 
 
 @pytest.mark.parametrize("call, error, text", [
-    (lambda s, t, i, l: ce.distillation_loss(s, t, divergence="kl"), ArgumentError, "divergence"),
-    (lambda s, t, i, l: ce.distillation_loss(s, t, divergence="jsd", beta=1.5), ArgumentError, "beta"),
-    (lambda s, t, i, l: ce.distillation_loss(s, teacher_topk_indices=i, teacher_topk_log_probs=l,
+    (lambda s, t, i, lq: ce.distillation_loss(s, t, divergence="kl"), ArgumentError, "divergence"),
+    (lambda s, t, i, lq: ce.distillation_loss(s, t, divergence="jsd", beta=1.5), ArgumentError, "beta"),
+    (lambda s, t, i, lq: ce.distillation_loss(s, teacher_topk_indices=i, teacher_topk_log_probs=lq,
                                              tail="drop"), ArgumentError, "tail"),
-    (lambda s, t, i, l: ce.distillation_loss(s), ArgumentError, "neither"),
-    (lambda s, t, i, l: ce.distillation_loss(s, t, teacher_topk_indices=i, teacher_topk_log_probs=l),
+    (lambda s, t, i, lq: ce.distillation_loss(s), ArgumentError, "neither"),
+    (lambda s, t, i, lq: ce.distillation_loss(s, t, teacher_topk_indices=i, teacher_topk_log_probs=lq),
      ArgumentError, "both"),
-    (lambda s, t, i, l: ce.distillation_loss(s, teacher_topk_indices=i), ArgumentError, "together"),
-    (lambda s, t, i, l: ce.distillation_loss(s, teacher_topk_indices=i.float(),
-                                             teacher_topk_log_probs=l), ArgumentTypeError, "integer"),
-    (lambda s, t, i, l: ce.distillation_loss(s, teacher_topk_indices=i[:3],
-                                             teacher_topk_log_probs=l[:3]), ArgumentError, "shape"),
-    (lambda s, t, i, l: ce.distillation_loss(s, teacher_topk_indices=i,
-                                             teacher_topk_log_probs=l[:, :2]), ArgumentError, "shape"),
-    (lambda s, t, i, l: ce.distillation_loss(s[:, :3], teacher_topk_indices=i.clamp(max=2),
-                                             teacher_topk_log_probs=l), ArgumentError, "k in"),
-    (lambda s, t, i, l: ce.distillation_loss(s, teacher_topk_indices=i + C,
-                                             teacher_topk_log_probs=l), TargetIndexError, "bounds"),
-    (lambda s, t, i, l: ce.distillation_loss(s, teacher_topk_indices=torch.cat([i[:, :1], i[:, :-1]], 1),
-                                             teacher_topk_log_probs=l), ArgumentError, "repeat"),
-    (lambda s, t, i, l: ce.distillation_loss(s, teacher_topk_indices=i,
-                                             teacher_topk_log_probs=l + 3.0), ArgumentError, "<= 0"),
-    (lambda s, t, i, l: ce.distillation_loss(s, teacher_topk_indices=i,
-                                             teacher_topk_log_probs=l * 0 - 0.1), ArgumentError,
+    (lambda s, t, i, lq: ce.distillation_loss(s, teacher_topk_indices=i), ArgumentError, "together"),
+    (lambda s, t, i, lq: ce.distillation_loss(s, teacher_topk_indices=i.float(),
+                                             teacher_topk_log_probs=lq), ArgumentTypeError, "integer"),
+    (lambda s, t, i, lq: ce.distillation_loss(s, teacher_topk_indices=i[:3],
+                                             teacher_topk_log_probs=lq[:3]), ArgumentError, "shape"),
+    (lambda s, t, i, lq: ce.distillation_loss(s, teacher_topk_indices=i,
+                                             teacher_topk_log_probs=lq[:, :2]), ArgumentError, "shape"),
+    (lambda s, t, i, lq: ce.distillation_loss(s[:, :3], teacher_topk_indices=i.clamp(max=2),
+                                             teacher_topk_log_probs=lq), ArgumentError, "k in"),
+    (lambda s, t, i, lq: ce.distillation_loss(s, teacher_topk_indices=i + C,
+                                             teacher_topk_log_probs=lq), TargetIndexError, "bounds"),
+    (lambda s, t, i, lq: ce.distillation_loss(s, teacher_topk_indices=torch.cat([i[:, :1], i[:, :-1]], 1),
+                                             teacher_topk_log_probs=lq), ArgumentError, "repeat"),
+    (lambda s, t, i, lq: ce.distillation_loss(s, teacher_topk_indices=i,
+                                             teacher_topk_log_probs=lq + 3.0), ArgumentError, "<= 0"),
+    (lambda s, t, i, lq: ce.distillation_loss(s, teacher_topk_indices=i,
+                                             teacher_topk_log_probs=lq * 0 - 0.1), ArgumentError,
      "at most 1"),
 ])
 def test_bad_arguments_raise_naming_them(call, error, text):
