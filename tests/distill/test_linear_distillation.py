@@ -15,12 +15,14 @@ import torch
 
 import crossent as ce
 from crossent import ArgumentError
+from crossent.core.tiles import min_memory_budget, plan_tiles
 from distill_reference import IGNORE, reference
 
 D = torch.float64
 N, H, HT, V, K = 9, 8, 5, 300, 6
-TILED = 4 * (6 * 300)  # one-row bands over column tiles of 299 + 1 classes
-BUDGETS = {"whole": None, "tiled": TILED}
+# the smallest budgets: one-row bands over column tiles of 256 + 44 classes
+TILED = {"dense": min_memory_budget(4, accumulator_width=H),
+         "topk": min_memory_budget(3, accumulator_width=H)}
 
 
 def _problem(seed=0, dtype=D):
@@ -69,7 +71,10 @@ def test_matches_float64_formula(div, teacher, reduction, with_target, temperatu
         ref = lambda x, w, b: reference(x @ w.T + b, None, y, idx=idx, lq=lq,  # noqa: E731
                                         tail=teacher, **kw)
     want = _grads(ref, x, w, b)
-    for budget in BUDGETS.values():
+    tiled = TILED["dense" if teacher == "dense" else "topk"]
+    assert plan_tiles(N, V, kind="distill", buffers=4 if teacher == "dense" else 3,
+                      memory_budget=tiled, accumulator_width=H).cols < V
+    for budget in (None, tiled):
         got = _grads(lambda x, w, b: ce.linear_distillation_loss(
             x, w, y, linear_bias=b, memory_budget=budget, **fused, **kw), x, w, b)
         for a, e, name in zip(got, want, ("loss", "input", "weight", "bias")):
@@ -86,7 +91,7 @@ def test_matches_the_loss_on_given_logits_in_bfloat16(teacher):
         given = dict(teacher_logits=(xt.double() @ wt.double().T + bt.double()))
     else:
         fused = given = dict(teacher_topk_indices=idx, teacher_topk_log_probs=lq.float())
-    for budget in (None, TILED):
+    for budget in (None, TILED["dense" if teacher == "dense" else "topk"]):
         got = _grads(lambda x, w, b: ce.linear_distillation_loss(
             x, w, y, linear_bias=b, memory_budget=budget, **fused, **kw), x, w, b)
         # the same bfloat16 parameters, in float64 and through the loss on given logits

@@ -176,11 +176,11 @@ def js_div(
 
 # ------------------------------------------------------------------ distillation
 #
-# One definition of the per-token divergences, shared by the loss on given logits and by
-# the fused heads (crossent.distill): on (N, K) log-probabilities (the K classes, or the
-# k + 1 buckets of a top-k teacher) with autograd, and, for the fused tiles, the weighted
-# scores p_v g_v (g_v = dD/dp_v) that give the gradient dD/ds_v = p_v (g_v - sum_u p_u g_u)
-# with respect to the student's scores s = logits / T.
+# One definition of the per-token divergences on (N, K) log-probabilities (the K classes,
+# or the k + 1 buckets of a top-k teacher), with autograd: the loss on given logits and the
+# fused heads' top-k path (crossent.distill). The fused dense path (crossent.kernels.
+# two_heads) evaluates the same formulas in place, tile by tile, with the weighted scores
+# p_v g_v (g_v = dD/dp_v) that give dD/ds_v = p_v (g_v - sum_u p_u g_u) for s = logits / T.
 
 
 def divergence_kind(divergence: str, beta: float) -> str:
@@ -225,22 +225,6 @@ def divergence_rows(log_p: torch.Tensor, log_q: torch.Tensor, kind: str,
     log_m = _log_mixture(log_p, log_q, beta)
     return (beta * _relative_entropy_terms(log_q, log_m)
             + (1.0 - beta) * _relative_entropy_terms(log_p, log_m)).sum(-1)
-
-
-def divergence_weighted_scores(log_p: torch.Tensor, log_q: torch.Tensor, kind: str,
-                               beta: float) -> torch.Tensor:
-    """``p_v g_v`` elementwise, ``g_v = dD/dp_v`` of :func:`divergence_rows`::
-
-        forward_kl: -q_v                   reverse_kl: p_v (log p_v - log q_v + 1)
-        jsd:        (1 - beta) p_v log(p_v / m_v)
-
-    With ``S = sum_v p_v g_v`` the gradient with respect to the student's scores
-    ``s = logits / T`` is ``dD/ds_v = p_v g_v - p_v S`` (``p`` is ``softmax(s)``)."""
-    if kind == "forward_kl":
-        return -log_q.exp()
-    if kind == "reverse_kl":
-        return _relative_entropy_terms(log_p, log_q) + log_p.exp()
-    return (1.0 - beta) * _relative_entropy_terms(log_p, _log_mixture(log_p, log_q, beta))
 
 
 def _log1m_total(log_probs: torch.Tensor) -> torch.Tensor:

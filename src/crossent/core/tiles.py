@@ -93,11 +93,11 @@ BUDGETS: dict[tuple[str, str], int] = {
     # as one float32 (the norm) per row, i.e. chunk_rows(C, 1, "weight_norms", device).
     ("weight_norms", "cpu"): (1 << 16) * 4,
     ("weight_norms", "cuda"): (1 << 16) * 4,
-    # Fused distillation (crossent.distill): two heads' tiles and the divergence's
-    # tile-sized temporaries (6 buffers for a dense teacher). Whole rows of 128 tokens at
-    # a 152k vocabulary fit (one pair of matmuls per band, no recompute): 470 MiB, under
-    # 0.15x of the two heads' logits with their log-softmaxes at 4096 tokens.
-    ("distill", "cpu"): 480 << 20,
+    # Fused distillation (crossent.distill): both heads' tiles and two scratch tiles (4
+    # buffers with a dense teacher). Whole rows of 128 tokens at a 152k vocabulary fit
+    # (one pair of matmuls per band, no recompute): 320 MiB, about 0.03x of the two heads'
+    # logits with their log-softmaxes at 4096 tokens (10 GB).
+    ("distill", "cpu"): 320 << 20,
     ("distill", "cuda"): 1 << 30,
 }
 

@@ -86,7 +86,7 @@ def linear_distillation_loss(
         divergence, beta, tail, temperature, alpha, reduction, ignore_index: as
             :func:`crossent.distillation_loss`.
         linear_bias: the student's bias ``(V,)``.
-        memory_budget: bytes for the float32 tiles (default 480 MiB on CPU, 1 GiB on
+        memory_budget: bytes for the float32 tiles (default 320 MiB on CPU, 1 GiB on
             CUDA: whole rows of 128 tokens at a 152k vocabulary).
         group: a ``torch.distributed`` group over which the classes of both heads are
             sharded (``linear_weight``, ``teacher_weight`` and the biases hold this rank's
@@ -139,7 +139,7 @@ def linear_distillation_loss(
                                                   input.device, bounds=not parallel)
         valid = target != ignore_index
     plan = plan_tiles(n, local_classes, kind="distill", device=input.device,
-                      buffers=4 if topk else 6, memory_budget=memory_budget,
+                      buffers=3 if topk else 4, memory_budget=memory_budget,
                       accumulator_width=input.shape[1])
     o = engine.Options(kind, beta, tail, temperature, alpha, reduction, plan)
     if parallel:

@@ -9,8 +9,14 @@ and ``D`` a divergence of :mod:`crossent.core.divergence`, three passes over the
    tiles) of ``s``, of ``t / T`` and, when asked, of the raw ``z`` (the hard-label term at
    a temperature ``!= 1``); and the raw student logits at given columns ``index``
    (``(N, g)``: a top-k teacher's classes, the hard target);
-2. divergence (:func:`divergence`, dense teacher): per row ``D_i`` and
-   ``S_i = sum_v p_v g_v`` with ``g_v = dD/dp_v`` (:func:`crossent.core.divergence.divergence_weighted_scores`);
+2. divergence (:func:`divergence`, dense teacher): per row ``D_i`` (the definitions of
+   :func:`crossent.core.divergence.divergence_rows`, in place) and ``S_i = sum_v p_v g_v``
+   with ``g_v = dD/dp_v``::
+
+       forward_kl: p_v g_v = -q_v                 reverse_kl: p_v g_v = p_v (log p_v - log q_v + 1)
+       jsd:        p_v g_v = (1 - beta) p_v log(p_v / m_v)
+
+   so that ``dD/ds_v = p_v g_v - p_v S_i``;
 3. gradients (:func:`gradients`): for per-row coefficients the gradient tile with respect
    to the raw logits::
 
@@ -27,13 +33,13 @@ runs the passes separately and merges their ``(N,)`` results across ranks in bet
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 
 from ..core import stats as _stats
-from ..core.divergence import divergence_rows, divergence_weighted_scores
 from ..core.reduction import accumulation_dtype
 from ..core.statistics import ScoreTransform
 from ..core.tiles import TilePlan
@@ -96,128 +102,127 @@ class Coefs(NamedTuple):
     gathered: torch.Tensor | None = None  # E (N, g)
 
 
-class _Band:
-    """The logit tiles of one band of rows: computed on demand, kept when whole rows fit."""
-
-    def __init__(self, p: TwoHeads, ops, tops, bufs, s: int, e: int, cols: int):
-        self.p, self.ops, self.tops, self.s, self.e, self.cols = p, ops, tops, s, e, cols
-        self.xs = ops.x(p.x[s:e])
-        self.xt = None if tops is None else tops.x(p.teacher_x[s:e])
-        self.bufs = bufs
-        self.whole = cols >= p.num_classes
-        self.ready = False
-
-    def tile(self, c0: int):
-        """``(z, t)``: raw student logits and teacher logits (None without) of columns
-        ``[c0, c0 + width)``."""
-        n, w = self.e - self.s, min(self.cols, self.p.num_classes - c0)
-        zs = self.bufs[0][:n, :w]
-        zt = None if self.tops is None else self.bufs[1][:n, :w]
-        if self.whole and self.ready:
-            return zs, zt
-        self.ops.logits_(zs, self.xs, c0, _IDENTITY, False)
-        if zt is not None:
-            self.tops.logits_(zt, self.xt, c0, _IDENTITY, False)
-        self.ready = True
-        return zs, zt
-
-    def columns(self):
-        return range(0, self.p.num_classes, self.cols)
+def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``sum_v a_iv b_iv`` per row, without a tile-sized temporary."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
 
 
-def _scaled(z: torch.Tensor, inv_t: float) -> torch.Tensor:
-    return z if inv_t == 1.0 else z * inv_t
+class _Work:
+    """The tile-sized float buffers of a call: the student's tile ``z``, the teacher's ``t``
+    (dense teacher only) and two scratch tiles ``w1``, ``w2``."""
+
+    def __init__(self, p: TwoHeads, plan: TilePlan):
+        n, v = p.x.shape[0], p.num_classes
+        shape = (min(plan.rows, max(n, 1)), min(plan.cols, max(v, 1)))
+        new = lambda: torch.empty(shape, dtype=p.acc, device=p.x.device)  # noqa: E731
+        self.z, self.w1, self.w2 = new(), new(), new()
+        self.t = new() if p.teacher_x is not None else None
+
+
+class _Tile:
+    """One tile of columns ``[c0, c0 + width)`` of a band, transformed in place, stage by
+    stage: raw logits; scaled (``s = z / T``, ``t / T``) with their statistics taken; log-
+    probabilities and the divergence terms (``w1 = p g``, ``w2 = p``); the gradient (in
+    ``w1``)."""
+
+    def __init__(self, p: TwoHeads, ops, tops, work: _Work, xs, xt, s: int, e: int, c0: int,
+                 width: int):
+        n = e - s
+        self.p, self.s, self.e, self.c0 = p, s, e, c0
+        self.z = work.z[:n, :width]
+        self.t = None if work.t is None else work.t[:n, :width]
+        self.w1, self.w2 = work.w1[:n, :width], work.w2[:n, :width]
+        ops.logits_(self.z, xs, c0, _IDENTITY, False)
+        if self.t is not None:
+            tops.logits_(self.t, xt, c0, _IDENTITY, False)
+
+    def gather_(self, gathered: torch.Tensor) -> None:
+        """The raw student logits at ``p.index`` that fall in this tile, into ``gathered``."""
+        cols, inside = _local_index(self.p.index[self.s:self.e] - self.p.col_offset, self.c0,
+                                    self.z.shape[1])
+        gathered.copy_(torch.where(inside, self.z.gather(1, cols), gathered))
+
+    def scale_(self, states: dict | None) -> None:
+        """Raw logits to scaled ones; with ``states``, each head's tile statistics merged in
+        (``core.stats``; the raw student's first, when asked for)."""
+        p = self.p
+        heads = [("lse", self.z)] + ([] if self.t is None else [("teacher_lse", self.t)])
+        if states is not None and p.raw:
+            _merge(states, "lse_raw", _stats.row_stats_(self.z, None, self.w1))
+        for name, z in heads:
+            if p.inv_t != 1.0:
+                z.mul_(p.inv_t)
+            if states is not None:
+                _merge(states, name, _stats.row_stats_(z, None, self.w1))
+
+    def terms_(self, st: HeadStats, kind: str | None, beta: float) -> torch.Tensor | None:
+        """Scaled tiles to ``log p`` (in ``z``) and ``log q`` (in ``t``); ``w2 = p`` and, with a
+        teacher, ``w1 = p g`` (module docstring). Returns this tile's part of ``D`` (None
+        without teacher)."""
+        s, e = self.s, self.e
+        log_p = self.z.sub_(st.lse[s:e].unsqueeze(1))
+        p_buf, pg = self.w2, self.w1
+        if self.t is None or kind is None:
+            torch.exp(log_p, out=p_buf)
+            return None
+        # q = 0 (a masked teacher class) as the most negative float: exp gives 0, and
+        # products 0 instead of 0 * inf
+        log_q = self.t.sub_(st.teacher_lse[s:e].unsqueeze(1)).clamp_(min=torch.finfo(log_p.dtype).min)
+        if kind == "forward_kl":  # D = sum q (log q - log p), p g = -q
+            q = torch.exp(log_q, out=pg)
+            div = _rowdot(q, log_q) - _rowdot(q, log_p)
+            pg.neg_()
+            torch.exp(log_p, out=p_buf)
+            return div
+        if kind == "reverse_kl":  # D = sum p (log p - log q), p g = p (log p - log q + 1)
+            prob = torch.exp(log_p, out=p_buf)
+            ratio = torch.sub(log_p, log_q, out=pg)
+            div = _rowdot(prob, ratio)
+            pg.add_(1.0).mul_(prob)
+            return div
+        # jsd: log m = logaddexp(log p + log(1 - beta), log q + log beta)
+        c1, c2 = math.log1p(-beta), math.log(beta)
+        log_m = torch.logaddexp(log_p.add_(c1), log_q.add_(c2), out=pg)
+        log_p.sub_(c1)
+        log_q.sub_(c2)
+        q = torch.exp(log_q, out=p_buf)
+        div_q = _rowdot(q, log_q.sub_(log_m))  # t holds log(q / m) from here
+        prob = torch.exp(log_p, out=p_buf)
+        ratio = torch.sub(log_p, log_m, out=pg)  # log(p / m)
+        div = beta * div_q + (1.0 - beta) * _rowdot(prob, ratio)
+        pg.mul_(prob).mul_(1.0 - beta)
+        return div
+
+    def gradient_(self, st: HeadStats, k: Coefs) -> torch.Tensor:
+        """The gradient tile (module docstring) into ``w1``, from :meth:`terms_`'s buffers."""
+        p, s, e = self.p, self.s, self.e
+        col = lambda t: None if t is None else t[s:e].unsqueeze(1)  # noqa: E731
+        g, prob = self.w1, self.w2
+        if k.soft is not None:  # a (p g - p S)
+            g.addcmul_(prob, col(st.score), value=-1.0).mul_(col(k.soft))
+        else:
+            g.zero_()
+        if k.lse is not None:
+            g.addcmul_(prob, col(k.lse))
+        if p.inv_t != 1.0:
+            g.mul_(p.inv_t)
+        if k.raw is not None:  # c softmax(z): z = T (log p + lse), from log p in z
+            raw = self.z.add_(col(st.lse)).mul_(1.0 / p.inv_t).sub_(col(st.lse_raw)).exp_()
+            g.addcmul_(raw, col(k.raw))
+        if k.gathered is not None:
+            cols, inside = _local_index(p.index[s:e] - p.col_offset, self.c0, g.shape[1])
+            g.scatter_add_(1, cols, torch.where(inside, k.gathered[s:e].to(g.dtype), 0.0))
+        return g
+
+
+def _merge(states: dict, name: str, part) -> None:
+    states[name] = part if name not in states else _stats.merge(states[name], part)
 
 
 def _local_index(index: torch.Tensor, c0: int, width: int):
     cols = index - c0
     inside = (cols >= 0) & (cols < width)
     return cols.clamp(0, max(width - 1, 0)), inside
-
-
-def _setup(p: TwoHeads, plan: TilePlan):
-    ops = _Operands(p.student())
-    tops = None if p.teacher_x is None else _Operands(p.teacher())
-    n, v = p.x.shape[0], p.num_classes
-    shape = (min(plan.rows, max(n, 1)), min(plan.cols, max(v, 1)))
-    bufs = [torch.empty(shape, dtype=p.acc, device=p.x.device)]
-    if tops is not None:
-        bufs.append(torch.empty(shape, dtype=p.acc, device=p.x.device))
-    return ops, tops, bufs
-
-
-def _bands(p: TwoHeads, plan: TilePlan, ops, tops, bufs):
-    for s in range(0, p.x.shape[0], plan.rows):
-        yield _Band(p, ops, tops, bufs, s, min(s + plan.rows, p.x.shape[0]), plan.cols)
-
-
-def _band_stats(p: TwoHeads, band: _Band, out: dict) -> None:
-    """Pass 1 over one band: ``RowStats`` of ``s``, raw ``z`` and ``t / T`` (merged across
-    the tiles) and the gathered logits, written into ``out``'s ``(N,)`` slices."""
-    s, e = band.s, band.e
-    states = {}
-    gathered = None if p.index is None else out["gathered"][s:e]
-    for c0 in band.columns():
-        zs, zt = band.tile(c0)
-        parts = {"lse": _stats.tile_stats(_scaled(zs, p.inv_t), None)}
-        if p.raw:
-            parts["lse_raw"] = _stats.tile_stats(zs, None)
-        if zt is not None:
-            parts["teacher_lse"] = _stats.tile_stats(_scaled(zt, p.inv_t), None)
-        for k, part in parts.items():
-            states[k] = part if k not in states else _stats.merge(states[k], part)
-        if gathered is not None:
-            cols, inside = _local_index(p.index[s:e] - p.col_offset, c0, zs.shape[1])
-            gathered.copy_(torch.where(inside, zs.gather(1, cols), gathered))
-    for k, state in states.items():
-        out[k][s:e] = _stats.logsumexp(state)
-
-
-def _log_probs(z: torch.Tensor, inv_t: float, lse: torch.Tensor) -> torch.Tensor:
-    return torch.sub(_scaled(z, inv_t), lse.unsqueeze(1))
-
-
-def _band_divergence(p: TwoHeads, band: _Band, st: HeadStats, div: torch.Tensor,
-                     score: torch.Tensor) -> None:
-    """Pass 2 over one band: ``D_i`` and ``S_i`` summed over the tiles."""
-    s, e = band.s, band.e
-    div[s:e] = 0
-    score[s:e] = 0
-    for c0 in band.columns():
-        zs, zt = band.tile(c0)
-        log_p = _log_probs(zs, p.inv_t, st.lse[s:e])
-        log_q = _log_probs(zt, p.inv_t, st.teacher_lse[s:e])
-        div[s:e] += divergence_rows(log_p, log_q, p.kind, p.beta)
-        score[s:e] += divergence_weighted_scores(log_p, log_q, p.kind, p.beta).sum(1)
-
-
-def _band_gradients(p: TwoHeads, band: _Band, st: HeadStats, k: Coefs, ops, sinks,
-                    gx_acc: torch.Tensor | None) -> None:
-    """Pass 3 over one band: the gradient tiles (module docstring) into the sinks."""
-    s, e = band.s, band.e
-    col = lambda t: None if t is None else t[s:e].unsqueeze(1)  # noqa: E731
-    a, big_a, c = col(k.soft), col(k.lse), col(k.raw)
-    for c0 in band.columns():
-        zs, zt = band.tile(c0)
-        log_p = _log_probs(zs, p.inv_t, st.lse[s:e])
-        prob = log_p.exp()
-        g = torch.zeros_like(prob) if big_a is None else prob * big_a
-        if a is not None:
-            log_q = _log_probs(zt, p.inv_t, st.teacher_lse[s:e])
-            pg = divergence_weighted_scores(log_p, log_q, p.kind, p.beta)
-            g += a * (pg - prob * st.score[s:e].unsqueeze(1))
-            del log_q, pg
-        del log_p, prob
-        if p.inv_t != 1.0:
-            g *= p.inv_t
-        if c is not None:
-            g += c * torch.exp(zs - st.lse_raw[s:e].unsqueeze(1))
-        if k.gathered is not None:
-            cols, inside = _local_index(p.index[s:e] - p.col_offset, c0, g.shape[1])
-            g.scatter_add_(1, cols, torch.where(inside, k.gathered[s:e].to(g.dtype), 0.0))
-        if gx_acc is None and sinks.grad_x is not None:  # one tile: dx directly
-            sinks.grad_x[s:e].copy_(ops.matmul(g, ops.weight[c0:c0 + g.shape[1]]))
-        sinks.add_tile(ops, g, band.xs, c0, gx_acc)
 
 
 def _empty_stats(p: TwoHeads, want_div: bool) -> dict:
@@ -236,59 +241,91 @@ def _empty_stats(p: TwoHeads, want_div: bool) -> dict:
     return out
 
 
+def _walk(p: TwoHeads, plan: TilePlan, *, stats: bool, div: bool, coefs: Coefs | None,
+          st: HeadStats | None, sinks=None):
+    """The passes over every band: statistics (``stats``), ``D`` and ``S`` (``div``), the
+    gradients (``coefs``, into ``sinks``). A band of whole rows computes its tiles once;
+    otherwise each pass recomputes them. Returns the per-row results as a dict."""
+    ops = _Operands(p.student())
+    tops = None if p.teacher_x is None else _Operands(p.teacher())
+    work = _Work(p, plan)
+    n, v = p.x.shape[0], p.num_classes
+    out = _empty_stats(p, div) if st is None else {k: t for k, t in st._asdict().items()
+                                                    if t is not None}
+    if div and st is not None:
+        out["div"] = torch.zeros_like(st.lse)
+        out["score"] = torch.zeros_like(st.lse)
+    whole = plan.cols >= v
+    gx_buf = None
+    if coefs is not None and sinks.grad_x is not None and not whole:
+        gx_buf = torch.empty(min(plan.rows, n), p.x.shape[1], dtype=p.acc, device=p.x.device)
+    for s in range(0, n, plan.rows):
+        e = min(s + plan.rows, n)
+        if s > 0 and sinks is not None:
+            sinks.first_band = False
+        xs = ops.x(p.x[s:e])
+        xt = None if tops is None else tops.x(p.teacher_x[s:e])
+        new_tile = lambda c0: _Tile(p, ops, tops, work, xs, xt, s, e, c0,  # noqa: E731
+                                    min(plan.cols, v - c0))
+        tile = None
+        if stats:
+            states: dict = {}
+            for c0 in range(0, v, plan.cols):
+                tile = new_tile(c0)
+                if p.index is not None:
+                    tile.gather_(out["gathered"][s:e])
+                tile.scale_(states)
+            for name, state in states.items():
+                out[name][s:e] = _stats.logsumexp(state)
+        view = HeadStats(**out)
+        if div:
+            for c0 in range(0, v, plan.cols):
+                if not (whole and tile is not None):
+                    tile = new_tile(c0)
+                    tile.scale_(None)
+                part = tile.terms_(view, p.kind, p.beta)
+                out["div"][s:e] += part
+                out["score"][s:e] += tile.w1.sum(1)
+            view = HeadStats(**out)
+        if coefs is None or not sinks.any:
+            continue
+        gx_acc = None if gx_buf is None else gx_buf[: e - s].zero_()
+        for c0 in range(0, v, plan.cols):
+            if not (whole and tile is not None):
+                tile = new_tile(c0)
+                tile.scale_(None)
+                tile.terms_(view, p.kind if coefs.soft is not None else None, p.beta)
+            elif not div:
+                tile.terms_(view, None, p.beta)
+            g = tile.gradient_(view, coefs)
+            if gx_acc is None and sinks.grad_x is not None:  # whole rows: dx directly
+                sinks.grad_x[s:e].copy_(ops.matmul(g, ops.weight))
+            sinks.add_tile(ops, g, xs, c0, gx_acc)
+            tile = None if not whole else tile
+        if gx_acc is not None:
+            sinks.grad_x[s:e].copy_(gx_acc)
+    return out
+
+
 def stats(p: TwoHeads, plan: TilePlan) -> HeadStats:
     """Pass 1 alone: the log-sum-exps and the gathered logits (for a cross-rank merge)."""
-    ops, tops, bufs = _setup(p, plan)
-    out = _empty_stats(p, False)
-    for band in _bands(p, plan, ops, tops, bufs):
-        _band_stats(p, band, out)
-    return HeadStats(**out)
+    return HeadStats(**_walk(p, plan, stats=True, div=False, coefs=None, st=None))
 
 
 def divergence(p: TwoHeads, plan: TilePlan, st: HeadStats) -> HeadStats:
     """Pass 2 alone, against the (global) log-sum-exps ``st``: ``st`` with ``div`` and ``score``
     (this shard's partial sums)."""
-    ops, tops, bufs = _setup(p, plan)
-    div = torch.zeros_like(st.lse)
-    score = torch.zeros_like(st.lse)
-    for band in _bands(p, plan, ops, tops, bufs):
-        _band_divergence(p, band, st, div, score)
-    return st._replace(div=div, score=score)
+    return HeadStats(**_walk(p, plan, stats=False, div=True, coefs=None, st=st))
 
 
 def run(p: TwoHeads, plan: TilePlan, *, st: HeadStats | None = None, coefs: Coefs | None = None,
         need_x: bool = True, need_w: bool = True, need_b: bool = True):
     """Statistics (and, for a dense teacher with ``p.kind``, ``D`` and ``S``) when ``st`` is
-    None; then, with ``coefs``, the gradients against them (which may not depend on this
-    call's statistics: they are known before, as for scalar reductions, or come from a
-    backward). Returns ``(HeadStats, grad_x, grad_weight, grad_bias)``; whole-row bands
-    compute each tile once."""
-    ops, tops, bufs = _setup(p, plan)
+    None; then, with ``coefs``, the gradients against them (coefficients known before the
+    statistics, as for scalar reductions, or from a backward). Returns ``(HeadStats,
+    grad_x, grad_weight, grad_bias)``."""
     grads = coefs is not None
     sinks = _Sinks(p.student(), need_x and grads, need_w and grads, need_b and grads)
-    sinks.first_band = False  # bands add into zeroed accumulators
-    for t in (sinks.grad_w, sinks.grad_b):
-        if t is not None:
-            t.zero_()
-    grads = grads and sinks.any
-    want_div = p.kind is not None and p.teacher_x is not None
-    out = _empty_stats(p, want_div) if st is None else None
-    gx_buf = None
-    if grads and sinks.grad_x is not None and plan.cols < p.num_classes:
-        gx_buf = torch.empty(min(plan.rows, p.x.shape[0]), p.x.shape[1], dtype=p.acc,
-                             device=p.x.device)
-    result = st
-    for band in _bands(p, plan, ops, tops, bufs):
-        if out is not None:
-            _band_stats(p, band, out)
-            if want_div:
-                _band_divergence(p, band, HeadStats(**out), out["div"], out["score"])
-            result = HeadStats(**out)
-        if grads:
-            gx_acc = None if gx_buf is None else gx_buf[: band.e - band.s].zero_()
-            _band_gradients(p, band, result, coefs, ops, sinks, gx_acc)
-            if gx_acc is not None:
-                sinks.grad_x[band.s:band.e].copy_(gx_acc)
-    if st is None:
-        result = HeadStats(**out)
-    return result, sinks.grad_x, sinks.grad_w, sinks.grad_b
+    want_div = st is None and p.kind is not None and p.teacher_x is not None
+    out = _walk(p, plan, stats=st is None, div=want_div, coefs=coefs, st=st, sinks=sinks)
+    return HeadStats(**out), sinks.grad_x, sinks.grad_w, sinks.grad_b

@@ -34,6 +34,7 @@ SUITES: dict[str, str] = {
     "contrastive": "crossent.bench.suites.contrastive",
     "parallel": "crossent.bench.suites.parallel",
     "margin": "crossent.bench.suites.margin",
+    "distill": "crossent.bench.suites.distill",
     # a Hugging Face causal LM patched by crossent.integrations.transformers
     "hf": "crossent.bench.suites.hf",
 }
