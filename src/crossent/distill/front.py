@@ -3,6 +3,9 @@ teacher's) output layer; validation, the tile plan, one engine call."""
 
 from __future__ import annotations
 
+import functools
+from typing import NamedTuple
+
 import torch
 
 from ..core import checks as _checks
@@ -10,7 +13,7 @@ from ..core import collectives as _collectives
 from ..core.divergence import check_distillation_options, check_teacher_choice
 from ..core.reduction import accumulation_dtype
 from ..core.tiles import plan_tiles
-from . import engine
+from . import engine, sharded
 
 __all__ = ["linear_distillation_loss"]
 
@@ -33,6 +36,60 @@ def _check_head(prefix: str, x, weight, bias, like: torch.Tensor | None = None) 
             raise _checks.ArgumentError(
                 f"teacher_input must have input's {like.shape[0]} rows on {like.device}, got "
                 f"{x.shape[0]} rows on {x.device}")
+
+
+class Args(NamedTuple):
+    """The validated arguments of one call."""
+
+    topk: bool
+    target: torch.Tensor | None  # (N,) int64
+    valid: torch.Tensor | None  # (N,) bool
+    indices: torch.Tensor | None  # (N, k) int64 (checked against the classes with bounds)
+    ignore_index: int
+    options: engine.Options
+
+
+def _validate(input, linear_weight, target, teacher_input, teacher_weight, teacher_topk_indices,
+              teacher_topk_log_probs, divergence, beta, tail, temperature, alpha, reduction,
+              ignore_index, linear_bias, teacher_bias, memory_budget, *, bounds: bool) -> Args:
+    """Every local check; with ``bounds`` also the class indices' values (without: a
+    class-sharded caller checks them against the global class count)."""
+    _check_head("", input, linear_weight, linear_bias)
+    acc = accumulation_dtype(input.dtype)
+    kind, beta, tail, temperature, alpha, ignore_index = check_distillation_options(
+        divergence, beta, tail, temperature, alpha, reduction, ignore_index, acc)
+    dense = None if teacher_input is None and teacher_weight is None else (teacher_input,
+                                                                          teacher_weight)
+    topk = check_teacher_choice("teacher_input and teacher_weight", dense, teacher_topk_indices,
+                                teacher_topk_log_probs)
+    n, classes = input.shape[0], linear_weight.shape[0]
+    indices = None
+    if not topk:
+        if teacher_input is None or teacher_weight is None:
+            raise _checks.ArgumentError(
+                "a dense teacher needs both teacher_input and teacher_weight, got "
+                f"{'teacher_input' if teacher_input is not None else 'teacher_weight'} alone")
+        _check_head("teacher_", teacher_input, teacher_weight, teacher_bias, like=input)
+        if teacher_weight.shape[0] != classes:
+            raise _checks.ArgumentError(
+                f"teacher_weight must have linear_weight's {classes} classes, got "
+                f"{teacher_weight.shape[0]}")
+    elif teacher_bias is not None:
+        raise _checks.ArgumentError("teacher_bias is only used with a dense teacher head, got a "
+                                    "top-k teacher")
+    elif bounds:
+        indices = _checks.check_topk_teacher(teacher_topk_indices, teacher_topk_log_probs, n,
+                                             classes, input.device)
+    valid = None
+    if target is not None:
+        target = _checks.check_class_index_target(target, (n,), classes, ignore_index,
+                                                  input.device, bounds=bounds)
+        valid = target != ignore_index
+    plan = plan_tiles(n, classes, kind="distill", device=input.device,
+                      buffers=3 if topk else 4, memory_budget=memory_budget,
+                      accumulator_width=input.shape[1])
+    return Args(topk, target, valid, indices, ignore_index,
+                engine.Options(kind, beta, tail, temperature, alpha, reduction, plan))
 
 
 def linear_distillation_loss(
@@ -113,44 +170,17 @@ def linear_distillation_loss(
         Agarwal et al., "On-Policy Distillation of Language Models" (GKD), 2024.
         Wijmans et al., "Cut Your Losses in Large-Vocabulary Language Models", 2024.
     """
-    _check_head("", input, linear_weight, linear_bias)
-    acc = accumulation_dtype(input.dtype)
-    kind, beta, tail, temperature, alpha, ignore_index = check_distillation_options(
-        divergence, beta, tail, temperature, alpha, reduction, ignore_index, acc)
-    topk = check_teacher_choice("teacher_input and teacher_weight",
-                                None if teacher_input is None and teacher_weight is None
-                                else (teacher_input, teacher_weight),
-                                teacher_topk_indices, teacher_topk_log_probs)
-    parallel = _collectives.spans_ranks(group)
-    n, local_classes = input.shape[0], linear_weight.shape[0]
-    if not topk:
-        if teacher_input is None or teacher_weight is None:
-            raise _checks.ArgumentError("a dense teacher needs both teacher_input and teacher_weight")
-        _check_head("teacher_", teacher_input, teacher_weight, teacher_bias, like=input)
-        if teacher_weight.shape[0] != local_classes:
-            raise _checks.ArgumentError(
-                f"teacher_weight must have linear_weight's {local_classes} classes, got "
-                f"{teacher_weight.shape[0]}")
-    elif teacher_bias is not None:
-        raise _checks.ArgumentError("teacher_bias is only used with a dense teacher head")
-    valid = None
-    if target is not None:
-        target = _checks.check_class_index_target(target, (n,), local_classes, ignore_index,
-                                                  input.device, bounds=not parallel)
-        valid = target != ignore_index
-    plan = plan_tiles(n, local_classes, kind="distill", device=input.device,
-                      buffers=3 if topk else 4, memory_budget=memory_budget,
-                      accumulator_width=input.shape[1])
-    o = engine.Options(kind, beta, tail, temperature, alpha, reduction, plan)
-    if parallel:
-        from . import sharded
+    args = functools.partial(_validate, input, linear_weight, target, teacher_input,
+                             teacher_weight, teacher_topk_indices, teacher_topk_log_probs,
+                             divergence, beta, tail, temperature, alpha, reduction, ignore_index,
+                             linear_bias, teacher_bias, memory_budget)
+    if _collectives.spans_ranks(group):
         return sharded.linear_distillation_loss(
-            input, linear_weight, linear_bias, target, valid, teacher_input, teacher_weight,
-            teacher_bias, teacher_topk_indices, teacher_topk_log_probs, ignore_index, o, group)
-    if topk:
-        indices = _checks.check_topk_teacher(teacher_topk_indices, teacher_topk_log_probs, n,
-                                             local_classes, input.device)
-        return engine.topk_loss(input, linear_weight, linear_bias, indices,
-                                teacher_topk_log_probs, target, valid, o)
+            args, input, linear_weight, linear_bias, target, teacher_input, teacher_weight,
+            teacher_bias, teacher_topk_indices, teacher_topk_log_probs, group)
+    a = args(bounds=True)
+    if a.topk:
+        return engine.topk_loss(input, linear_weight, linear_bias, a.indices,
+                                teacher_topk_log_probs, a.target, a.valid, a.options)
     return engine.dense_loss(input, linear_weight, linear_bias, teacher_input, teacher_weight,
-                             teacher_bias, target, valid, o)
+                             teacher_bias, a.target, a.valid, a.options)
