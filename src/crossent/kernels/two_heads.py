@@ -102,11 +102,6 @@ class Coefs(NamedTuple):
     gathered: torch.Tensor | None = None  # E (N, g)
 
 
-def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``sum_v a_iv b_iv`` per row, without a tile-sized temporary."""
-    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
-
-
 class _Work:
     """The tile-sized float buffers of a call: the student's tile ``z``, the teacher's ``t``
     (dense teacher only) and two scratch tiles ``w1``, ``w2``."""
@@ -170,14 +165,14 @@ class _Tile:
         log_q = self.t.sub_(st.teacher_lse[s:e].unsqueeze(1)).clamp_(min=torch.finfo(log_p.dtype).min)
         if kind == "forward_kl":  # D = sum q (log q - log p), p g = -q
             q = torch.exp(log_q, out=pg)
-            div = _rowdot(q, log_q) - _rowdot(q, log_p)
+            div = torch.sub(log_q, log_p, out=p_buf).mul_(q).sum(1)
             pg.neg_()
             torch.exp(log_p, out=p_buf)
             return div
         if kind == "reverse_kl":  # D = sum p (log p - log q), p g = p (log p - log q + 1)
             prob = torch.exp(log_p, out=p_buf)
             ratio = torch.sub(log_p, log_q, out=pg)
-            div = _rowdot(prob, ratio)
+            div = torch.mul(prob, ratio, out=self.t).sum(1)  # t is free from here
             pg.add_(1.0).mul_(prob)
             return div
         # jsd: log m = logaddexp(log p + log(1 - beta), log q + log beta)
@@ -186,11 +181,11 @@ class _Tile:
         log_p.sub_(c1)
         log_q.sub_(c2)
         q = torch.exp(log_q, out=p_buf)
-        div_q = _rowdot(q, log_q.sub_(log_m))  # t holds log(q / m) from here
+        div_q = log_q.sub_(log_m).mul_(q).sum(1)  # t: q log(q / m), free from here
         prob = torch.exp(log_p, out=p_buf)
-        ratio = torch.sub(log_p, log_m, out=pg)  # log(p / m)
-        div = beta * div_q + (1.0 - beta) * _rowdot(prob, ratio)
-        pg.mul_(prob).mul_(1.0 - beta)
+        pg = torch.sub(log_p, log_m, out=pg).mul_(prob)  # p log(p / m)
+        div = beta * div_q + (1.0 - beta) * pg.sum(1)
+        pg.mul_(1.0 - beta)
         return div
 
     def gradient_(self, st: HeadStats, k: Coefs) -> torch.Tensor:
