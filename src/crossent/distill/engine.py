@@ -48,20 +48,17 @@ class Options:
 
 def _row_weights(valid: torch.Tensor | None, n: int, o: Options, dtype, device):
     """``(soft_i, hard_i)`` with ``loss = sum_i soft_i D_i + hard_i CE_i`` (scalar
-    reductions) or ``rows_i = soft_i D_i + hard_i CE_i`` (``'none'``)."""
-    t2 = o.temperature**2
-    if valid is None:
-        soft = torch.full((n,), t2, dtype=dtype, device=device)
-        hard = None
-        count = float(n)
-    else:
-        soft = valid.to(dtype) * (o.alpha * t2)
-        hard = valid.to(dtype) * (1.0 - o.alpha)
-        count = valid.sum().to(dtype)
-    if o.reduction == "batchmean":
-        soft = soft / count
-        hard = None if hard is None else hard / count
-    return soft, hard
+    reductions) or ``rows_i = soft_i D_i + hard_i CE_i`` (``'none'``): the loss is linear in
+    ``D`` and ``CE``, so these are its gradients, taken through the one definition
+    (:func:`crossent.core.divergence.distillation_rows` and ``reduce_distillation``)."""
+    with torch.enable_grad():
+        div = torch.zeros(n, dtype=dtype, device=device, requires_grad=True)
+        ce = None if valid is None else torch.zeros_like(div, requires_grad=True)
+        rows = distillation_rows(div, ce, valid, o.temperature, o.alpha)
+        loss = reduce_distillation(rows, valid, o.reduction).sum()  # 'none': rows_i alone
+        inputs = (div,) if ce is None else (div, ce)
+        weights = torch.autograd.grad(loss, inputs)
+    return weights[0], None if ce is None else weights[1]
 
 
 def _coefs(p: _kernel.TwoHeads, soft, hard, has_target: bool) -> _kernel.Coefs:
