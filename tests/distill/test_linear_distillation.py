@@ -46,18 +46,21 @@ def _grads(fn, x, w, b):
     return (out.detach(),) + torch.autograd.grad(out, (x, w, b), g)
 
 
+# T = 1 with a target folds the hard term's log-sum-exp into the student's; T != 1 keeps
+# the raw one apart: both occur
+TEMPERATURE = {"batchmean": 2.0, "sum": 1.0, "none": 1.5}
 CASES = list(itertools.product(
     [("forward_kl", 0.5), ("reverse_kl", 0.5), ("jsd", 0.3)],
     ["dense", "bucket", "renormalize"],
     ["batchmean", "sum", "none"],
     [False, True],
-    [1.0, 2.0],
 ))
 
 
-@pytest.mark.parametrize("div, teacher, reduction, with_target, temperature", CASES,
-                         ids=["-".join(map(str, (d[0], t, r, w, T))) for d, t, r, w, T in CASES])
-def test_matches_float64_formula(div, teacher, reduction, with_target, temperature):
+@pytest.mark.parametrize("div, teacher, reduction, with_target", CASES,
+                         ids=["-".join(map(str, (d[0], t, r, w))) for d, t, r, w in CASES])
+def test_matches_float64_formula(div, teacher, reduction, with_target):
+    temperature = TEMPERATURE[reduction]
     x, w, b, xt, wt, bt, y, idx, lq = _problem()
     y = y if with_target else None
     kw = dict(divergence=div[0], beta=div[1], temperature=temperature, alpha=0.3,
