@@ -19,6 +19,7 @@ from .contrastive import (
     supcon_loss,
 )
 from .core.checks import ArgumentError, ArgumentTypeError, TargetIndexError
+from .distill import linear_distillation_loss
 from .linear import LinearCrossEntropyLoss, linear_cross_entropy
 from .logprobs import linear_token_log_probs, token_log_probs
 from .losses import (
@@ -92,6 +93,7 @@ __all__ = [
     "linear_cross_entropy",
     "token_log_probs",
     "linear_token_log_probs",
+    "linear_distillation_loss",
     "LinearCrossEntropyLoss",
     "CrossEntropyLoss",
     "NLLLoss",

@@ -366,7 +366,8 @@ class DistillationLoss(_Loss):
                + (1 - alpha) * cross_entropy(student, target)
 
     Args:
-        temperature, alpha, reduction, ignore_index: as :func:`crossent.distillation_loss`.
+        temperature, alpha, reduction, ignore_index, divergence, beta, tail: as
+            :func:`crossent.distillation_loss`.
     Shape:
         logits ``(N, C)``, target ``(N,)``.
     Returns:
@@ -384,14 +385,22 @@ class DistillationLoss(_Loss):
     """
 
     def __init__(self, temperature: float = 1.0, alpha: float = 0.5,
-                 reduction: str = "batchmean", ignore_index: int = -100) -> None:
+                 reduction: str = "batchmean", ignore_index: int = -100, *,
+                 divergence: str = "forward_kl", beta: float = 0.5, tail: str = "bucket") -> None:
         super().__init__(reduction=reduction)
         self.temperature = temperature
         self.alpha = alpha
         self.ignore_index = ignore_index
+        self.divergence = divergence
+        self.beta = beta
+        self.tail = tail
 
-    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                target: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None = None,
+                target: torch.Tensor | None = None, **topk_teacher) -> torch.Tensor:
+        """``topk_teacher``: ``teacher_topk_indices`` and ``teacher_topk_log_probs`` instead
+        of ``teacher_logits``."""
         return F.distillation_loss(student_logits, teacher_logits, target,
                                    temperature=self.temperature, alpha=self.alpha,
-                                   reduction=self.reduction, ignore_index=self.ignore_index)
+                                   reduction=self.reduction, ignore_index=self.ignore_index,
+                                   divergence=self.divergence, beta=self.beta, tail=self.tail,
+                                   **topk_teacher)

@@ -152,3 +152,31 @@ def test_bench_logprobs_implementations_agree():
         torch.testing.assert_close(lp.float(), want_lp, atol=1e-5, rtol=1e-5, msg=impl)
         if ent is not None:
             torch.testing.assert_close(ent.float(), want_ent, atol=1e-5, rtol=1e-5, msg=impl)
+
+
+def test_bench_distill_tiny(tmp_path, capsys):
+    out = tmp_path / "d.json"
+    args = _parse(["distill", "--set", "n=16", "h=8", "v=40", "--reps", "1", "--warmup", "0",
+                   "--cases", "forward_kl", "jsd", "--impls", "crossent", "torch_logits",
+                   "crossent_logits", "trl", "--json", str(out)])
+    assert command.run(args) == 0
+    (suite,) = json.loads(out.read_text())["suites"]
+    assert {(r["impl"], r["case"]) for r in suite["results"]} == {
+        (i, c) for i in ("crossent", "torch_logits", "crossent_logits", "trl")
+        for c in ("forward_kl", "jsd")}
+    assert all("error" not in r and r["median_s"] > 0 for r in suite["results"])
+
+
+@pytest.mark.parametrize("case", ["forward_kl", "jsd"])
+def test_bench_distill_implementations_agree(case):
+    suite = load("distill")
+    cfg = dict(n=12, h=8, v=50, dtype="float64", device="cpu")
+    results = {}
+    for impl in suite.IMPLS:
+        inputs = suite.make_inputs(cfg, suite.CASES[case])
+        loss = suite.step(impl, inputs, cfg, suite.CASES[case])
+        loss.backward()
+        results[impl] = (loss.detach(), inputs[0].grad, inputs[1].grad)
+    for impl, got in results.items():
+        for a, e in zip(got, results[suite.BASELINE]):
+            torch.testing.assert_close(a, e, msg=impl)

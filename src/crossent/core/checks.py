@@ -507,3 +507,72 @@ def check_bool(name: str, value) -> bool:
     if not isinstance(value, bool):
         raise ArgumentTypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
     return value
+
+
+def check_topk_teacher(indices, log_probs, num_rows: int, num_classes: int,
+                       device: torch.device) -> torch.Tensor:
+    """The one validator of a top-k teacher (distillation): ``indices`` an integer
+    ``(N, k)`` tensor of class indices in ``[0, num_classes)``, no index twice in a row;
+    ``log_probs`` a floating ``(N, k)`` tensor of log-probabilities (``<= 0``, not NaN,
+    ``-inf`` allowed: probability 0) whose probabilities sum to at most 1 per row (up to
+    1e-3 of rounding); ``1 <= k <= num_classes``; both on ``device``. The value checks
+    run eagerly on the CPU (one host read for all of them) and as a device-side assertion
+    elsewhere. Returns ``indices`` as int64.
+
+    Raises:
+        ArgumentTypeError: not tensors, or of the wrong dtypes.
+        ArgumentError: wrong shapes, devices or values.
+        TargetIndexError: an index out of range.
+    """
+    for name, t in (("teacher_topk_indices", indices), ("teacher_topk_log_probs", log_probs)):
+        if not isinstance(t, torch.Tensor):
+            raise ArgumentTypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.device != device:
+            raise ArgumentError(f"{name} is on {t.device}, expected {device}")
+    if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
+        raise ArgumentTypeError(
+            f"teacher_topk_indices must be an integer tensor of class indices, got {indices.dtype}")
+    check_floating("teacher_topk_log_probs", log_probs)
+    if indices.dim() != 2 or indices.shape[0] != num_rows:
+        raise ArgumentError(f"teacher_topk_indices must have shape ({num_rows}, k), got "
+                            f"{list(indices.shape)}")
+    if log_probs.shape != indices.shape:
+        raise ArgumentError(f"teacher_topk_log_probs must have teacher_topk_indices' shape "
+                            f"{list(indices.shape)}, got {list(log_probs.shape)}")
+    k = indices.shape[1]
+    if not 1 <= k <= num_classes:
+        raise ArgumentError(f"teacher_topk_indices must hold k in [1, {num_classes}] (the number "
+                            f"of classes) indices per row, got k={k}")
+    idx, lp = plain_tensor(indices).long(), plain_tensor(log_probs).detach()
+    if idx.numel() == 0 or torch.compiler.is_compiling():
+        return indices.long()
+    out_of_range = ((idx < 0) | (idx >= num_classes)).any()
+    ordered = idx.sort(1).values
+    repeated = (ordered[:, 1:] == ordered[:, :-1]).any()
+    bad_lp = ((lp > 0) | torch.isnan(lp)).any()
+    over_one = (torch.logsumexp(lp.float(), 1) > 1e-3).any()
+    flags = torch.stack((out_of_range, repeated, bad_lp, over_one))
+    if idx.device.type != "cpu":
+        torch._assert_async(~flags.any(), "crossent: invalid top-k teacher (indices out of "
+                            "range or repeated in a row, or log-probabilities > 0, NaN or "
+                            "summing to more than 1)")
+        return indices.long()
+    oor, rep, blp, over = flags.tolist()
+    if oor:
+        first = int(idx[(idx < 0) | (idx >= num_classes)][0])
+        raise TargetIndexError(f"teacher_topk_indices holds {first}, out of bounds: indices must "
+                               f"be in [0, {num_classes})")
+    if rep:
+        row = int(((ordered[:, 1:] == ordered[:, :-1]).any(1)).nonzero()[0])
+        raise ArgumentError(f"teacher_topk_indices must not repeat an index within a row, got "
+                            f"row {row}: {idx[row].tolist()}")
+    if blp:
+        bad = lp[(lp > 0) | torch.isnan(lp)][0].item()
+        raise ArgumentError(f"teacher_topk_log_probs must be log-probabilities (<= 0, not NaN), "
+                            f"got {bad}")
+    if over:
+        total = torch.logsumexp(lp.float(), 1).exp().max().item()
+        raise ArgumentError(f"teacher_topk_log_probs must be the log-probabilities of k classes "
+                            f"of one distribution (summing to at most 1), got a row summing to "
+                            f"{total:.6g}")
+    return indices.long()

@@ -23,6 +23,9 @@ from .reduction import accumulation_dtype, reduce_rows
 
 __all__ = ["kl_div", "js_div", "distillation_loss"]
 
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
+TAILS = ("bucket", "renormalize")
+
 _KL_REDUCTIONS = ("none", "mean", "sum", "batchmean")
 
 
@@ -171,42 +174,205 @@ def js_div(
     return _batchmean_or(reduction, loss, input.shape[0] if input.dim() > 1 else 1)
 
 
+# ------------------------------------------------------------------ distillation
+#
+# One definition of the per-token divergences on (N, K) log-probabilities (the K classes,
+# or the k + 1 buckets of a top-k teacher), with autograd: the loss on given logits and the
+# fused heads' top-k path (crossent.distill). The fused dense path (crossent.kernels.
+# two_heads) evaluates the same formulas in place, tile by tile, with the weighted scores
+# p_v g_v (g_v = dD/dp_v) that give dD/ds_v = p_v (g_v - sum_u p_u g_u) for s = logits / T.
+
+
+def divergence_kind(divergence: str, beta: float) -> str:
+    """``'jsd'`` at ``beta = 0`` is the forward KL and at ``beta = 1`` the reverse KL (the
+    generalised JSD's limits as TRL's ``generalized_jsd_loss`` takes them)."""
+    if divergence == "jsd" and beta in (0.0, 1.0):
+        return "forward_kl" if beta == 0.0 else "reverse_kl"
+    return divergence
+
+
+def _relative_entropy_terms(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
+    """``a (log a - log b)`` elementwise, 0 where ``a = 0`` (``log a = -inf``); the branches
+    ``where`` does not select stay finite, so their zero gradients do not become NaN."""
+    live = log_a > -torch.inf
+    zero = torch.zeros((), dtype=log_a.dtype, device=log_a.device)
+    la = torch.where(live, log_a, zero)
+    return torch.where(live, la.exp() * (la - torch.where(live, log_b, zero)), zero)
+
+
+def _log_mixture(log_p: torch.Tensor, log_q: torch.Tensor, beta: float) -> torch.Tensor:
+    """``log m`` with ``m = beta q + (1 - beta) p`` (0 < beta < 1); ``-inf`` where both are 0."""
+    some = (log_p > -torch.inf) | (log_q > -torch.inf)
+    zero = torch.zeros((), dtype=log_p.dtype, device=log_p.device)
+    log_m = torch.logaddexp(torch.where(some, log_p, zero) + math.log1p(-beta),
+                            torch.where(some, log_q, zero) + math.log(beta))
+    return torch.where(some, log_m, -torch.inf)
+
+
+def divergence_rows(log_p: torch.Tensor, log_q: torch.Tensor, kind: str,
+                    beta: float) -> torch.Tensor:
+    """Per-row divergence (summed over the last dimension) of the student ``p`` from the
+    teacher ``q``, both given as log-probabilities (``kind`` from :func:`divergence_kind`)::
+
+        forward_kl: KL(q || p) = sum q (log q - log p)
+        reverse_kl: KL(p || q) = sum p (log p - log q)
+        jsd:        beta KL(q || m) + (1 - beta) KL(p || m),   m = beta q + (1 - beta) p
+    """
+    if kind == "forward_kl":
+        return _relative_entropy_terms(log_q, log_p).sum(-1)
+    if kind == "reverse_kl":
+        return _relative_entropy_terms(log_p, log_q).sum(-1)
+    log_m = _log_mixture(log_p, log_q, beta)
+    return (beta * _relative_entropy_terms(log_q, log_m)
+            + (1.0 - beta) * _relative_entropy_terms(log_p, log_m)).sum(-1)
+
+
+def _log1m_total(log_probs: torch.Tensor) -> torch.Tensor:
+    """``log(1 - sum exp(log_probs))`` over the last dimension, ``(..., 1)``: the log-mass
+    outside the given classes, ``-inf`` when they hold it all (sums above 1 by rounding
+    count as 1). Finite gradients where the result is finite."""
+    total = torch.logsumexp(log_probs, -1, keepdim=True)
+    inside = total < 0
+    safe = torch.where(inside, total, torch.full_like(total, -1.0))
+    return torch.where(inside, torch.log(-torch.expm1(safe)), -torch.inf)
+
+
+def topk_divergence_rows(student_scores: torch.Tensor, student_lse: torch.Tensor,
+                         teacher_log_probs: torch.Tensor, tail: str, kind: str,
+                         beta: float) -> torch.Tensor:
+    """Per-row divergence against a top-k teacher, from the student's scores ``s = z / T`` at
+    the teacher's ``k`` classes ``(N, k)`` and its log-sum-exp over every class ``(N,)``::
+
+        bucket:      p = (p_1..p_k, 1 - sum p_j),  q = (q_1..q_k, 1 - sum q_j)   (k + 1 entries)
+        renormalize: p_j / sum p,  q_j / sum q                                     (k entries)
+
+    with ``p_j = exp(s_j - lse)`` and ``q_j`` the teacher's; then :func:`divergence_rows`.
+    Ordinary autograd on ``(N, k + 1)`` tensors: the gradient reaches ``student_scores`` and
+    ``student_lse`` (the fused path turns the latter into ``softmax(s)`` over the tiles)."""
+    log_q = teacher_log_probs.to(student_scores.dtype)
+    if tail == "renormalize":
+        log_p = student_scores - torch.logsumexp(student_scores, -1, keepdim=True)
+        log_q = log_q - torch.logsumexp(log_q, -1, keepdim=True)
+    else:
+        log_p = student_scores - student_lse.unsqueeze(-1)
+        log_p = torch.cat([log_p, _log1m_total(log_p)], -1)
+        log_q = torch.cat([log_q, _log1m_total(log_q)], -1)
+    return divergence_rows(log_p, log_q, kind, beta)
+
+
+def distillation_rows(soft: torch.Tensor, hard: torch.Tensor | None, valid: torch.Tensor | None,
+                      temperature: float, alpha: float) -> torch.Tensor:
+    """Per-token loss: ``alpha T^2 D + (1 - alpha) CE`` with a target, ``T^2 D`` without;
+    0 at tokens not ``valid`` (target ``ignore_index``), which count in neither term."""
+    soft = temperature**2 * soft
+    rows = soft if hard is None else alpha * soft + (1.0 - alpha) * hard
+    if valid is None:
+        return rows
+    return torch.where(valid, rows, torch.zeros((), dtype=rows.dtype, device=rows.device))
+
+
+def reduce_distillation(rows: torch.Tensor, valid: torch.Tensor | None, reduction: str) -> torch.Tensor:
+    """'none': the rows; 'sum': their sum; 'batchmean': the sum over the number of counted
+    tokens (every token without a target; 0/0 = NaN when all are ignored, as PyTorch's
+    cross-entropy)."""
+    if reduction == "none":
+        return rows
+    if reduction == "sum":
+        return rows.sum()
+    count = rows.shape[0] if valid is None else valid.sum().to(rows.dtype)
+    return rows.sum() / count
+
+
+def check_distillation_options(divergence, beta, tail, temperature, alpha, reduction,
+                               ignore_index, dtype: torch.dtype) -> tuple:
+    """The distillation options of both fronts, checked: ``(kind, beta, tail, temperature,
+    alpha, ignore_index)`` with ``kind`` from :func:`divergence_kind`."""
+    _checks.check_reduction(reduction, ("none", "sum", "batchmean"))
+    _checks.check_choice("divergence", divergence, DIVERGENCES)
+    _checks.check_choice("tail", tail, TAILS)
+    beta = _checks.check_unit_interval("beta", beta)
+    temperature = _checks.check_temperature("temperature", temperature, dtype)
+    if temperature > math.sqrt(torch.finfo(dtype).max):  # the soft term is scaled by T^2
+        raise _checks.ArgumentError(
+            f"temperature must be at most {math.sqrt(torch.finfo(dtype).max):.3g} (its square "
+            f"scales the soft term and must be finite in {dtype}), got {temperature}")
+    alpha = _checks.check_unit_interval("alpha", alpha)
+    ignore_index = _checks.check_int("ignore_index", ignore_index)
+    return divergence_kind(divergence, beta), beta, tail, temperature, alpha, ignore_index
+
+
+def check_teacher_choice(dense_name: str, dense, indices, log_probs) -> bool:
+    """Exactly one teacher: ``dense`` (``dense_name``), or the top-k pair of
+    ``teacher_topk_indices`` and ``teacher_topk_log_probs``. Returns whether it is top-k."""
+    topk = indices is not None or log_probs is not None
+    if topk and (indices is None or log_probs is None):
+        raise _checks.ArgumentError(
+            "teacher_topk_indices and teacher_topk_log_probs must be given together, got "
+            f"{'teacher_topk_indices' if indices is not None else 'teacher_topk_log_probs'} alone")
+    if topk == (dense is not None):
+        raise _checks.ArgumentError(
+            f"give exactly one teacher: {dense_name}, or teacher_topk_indices with "
+            f"teacher_topk_log_probs; got {'both' if topk else 'neither'}")
+    return topk
+
+
 def distillation_loss(
     student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | None = None,
     target: torch.Tensor | None = None,
     *,
+    teacher_topk_indices: torch.Tensor | None = None,
+    teacher_topk_log_probs: torch.Tensor | None = None,
+    divergence: str = "forward_kl",
+    beta: float = 0.5,
+    tail: str = "bucket",
     temperature: float = 1.0,
     alpha: float = 0.5,
     reduction: str = "batchmean",
     ignore_index: int = -100,
 ) -> torch.Tensor:
-    """Knowledge distillation: temperature-softened KL to a teacher, plus optional hard-label CE.
+    """Knowledge distillation: a divergence to a teacher at a temperature, plus optional hard-label CE.
 
-    With ``q = softmax(teacher / T)`` (no gradient to the teacher) and
-    ``p = softmax(student / T)``::
+    With ``p = softmax(student / T)`` and ``q = softmax(teacher / T)`` per token (no
+    gradient to the teacher)::
 
-        soft_i = T^2 * KL(q_i || p_i)                  (T^2 keeps gradient scale)
-        loss   = alpha * soft + (1 - alpha) * cross_entropy(student, target)
+        forward_kl: D = KL(q || p)                         (Hinton et al.)
+        reverse_kl: D = KL(p || q)                         (MiniLLM)
+        jsd:        D = beta KL(q || m) + (1 - beta) KL(p || m),  m = beta q + (1 - beta) p
+                    (GKD; beta = 0 is the forward KL, beta = 1 the reverse KL, as TRL)
+        loss_i = alpha T^2 D_i + (1 - alpha) cross_entropy(student_i, target_i)  (with target)
+        loss_i = T^2 D_i                                                          (without)
 
-    ``temperature``: a finite number > 0; ``alpha`` in ``[0, 1]``.
-    Without ``target`` the loss is ``soft`` alone. Shapes: logits ``(N, C)``; target
-    ``(N,)`` class indices. 'batchmean' averages over rows (the hard term uses
-    cross-entropy's 'mean'), 'sum' sums, 'none' returns per-row losses.
-    The soft term runs on the cross-entropy core (``logit_scale = 1/T`` and a probability
-    target), so no ``N x C`` log-softmax is kept for the backward.
+    A top-k teacher gives per token ``k`` class indices (none twice) and their
+    log-probabilities, taken as given (``temperature`` then divides the student's logits
+    alone). ``tail='bucket'``: both distributions over the ``k`` classes plus one bucket
+    with the rest of each one's mass (``1 - sum``, as TRL's server distillation);
+    ``tail='renormalize'``: both restricted to the ``k`` classes and renormalised.
+
+    Tokens whose target is ``ignore_index`` count in neither term (0 for ``'none'``);
+    ``'batchmean'`` divides the sum by the number of counted tokens (every token without a
+    target), ``'sum'`` sums. The dense forward KL runs on the cross-entropy core (no
+    ``N x C`` log-softmax kept for the backward); the other divergences through autograd
+    on the log-probabilities; a top-k teacher needs the student's log-sum-exp and its
+    logits at the ``k`` classes only.
 
     Args:
         student_logits: the student's logits (gets the gradient).
-        teacher_logits: the teacher's logits (detached).
+        teacher_logits: a dense teacher's logits (detached), or None with a top-k teacher.
         target: optional ``(N,)`` class indices for the hard term.
+        teacher_topk_indices: ``(N, k)`` integer class indices, distinct within a row.
+        teacher_topk_log_probs: ``(N, k)`` their log-probabilities (``<= 0``, summing to at
+            most 1; ``-inf`` is probability 0).
+        divergence: ``'forward_kl'`` | ``'reverse_kl'`` | ``'jsd'``.
+        beta: the JSD's mixture weight in ``[0, 1]`` (only for ``'jsd'``).
+        tail: ``'bucket'`` | ``'renormalize'`` (only for a top-k teacher).
         temperature: ``T > 0``.
         alpha: weight of the soft term in ``[0, 1]`` (used only with ``target``).
         reduction: ``'none'`` | ``'sum'`` | ``'batchmean'``.
-        ignore_index: target value whose rows the hard term ignores.
+        ignore_index: target value of tokens that count in neither term.
     Shape:
-        logits ``(N, C)``, target ``(N,)``; the output ``(N,)`` for ``'none'``, a scalar
-        otherwise.
+        logits ``(N, C)``, target ``(N,)``, top-k ``(N, k)`` with ``1 <= k <= C``; the
+        output ``(N,)`` for ``'none'``, a scalar otherwise.
     Returns:
         The loss (float32 for half input).
     Example:
@@ -222,43 +388,53 @@ def distillation_loss(
         >>> torch.allclose(ce.distillation_loss(student, teacher, y, temperature=2.0, alpha=0.7),
         ...                0.7 * soft + 0.3 * F.cross_entropy(student, y))
         True
+        >>> log_q, idx = torch.log_softmax(teacher, 1).topk(2, 1)   # a top-2 teacher
+        >>> ce.distillation_loss(student, teacher_topk_indices=idx, teacher_topk_log_probs=log_q,
+        ...                      divergence="jsd", tail="renormalize")
+        tensor(0.0666)
 
     References:
         Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network", 2015.
+        Gu et al., "MiniLLM: Knowledge Distillation of Large Language Models", 2024.
+        Agarwal et al., "On-Policy Distillation of Language Models: Learning from
+        Self-Generated Mistakes" (GKD), 2024.
     """
-    _checks.check_reduction(reduction, ("none", "sum", "batchmean"))
     _checks.check_floating("student_logits", student_logits)
-    _checks.check_floating("teacher_logits", teacher_logits)
     acc = accumulation_dtype(student_logits.dtype)
-    temperature = _checks.check_temperature("temperature", temperature, acc)
-    if temperature > math.sqrt(torch.finfo(acc).max):  # the soft term is scaled by T^2
+    kind, beta, tail, temperature, alpha, ignore_index = check_distillation_options(
+        divergence, beta, tail, temperature, alpha, reduction, ignore_index, acc)
+    topk = check_teacher_choice("teacher_logits", teacher_logits, teacher_topk_indices,
+                                teacher_topk_log_probs)
+    if student_logits.dim() != 2:
         raise _checks.ArgumentError(
-            f"temperature must be at most {math.sqrt(torch.finfo(acc).max):.3g} (its square "
-            f"scales the soft term and must be finite in {acc}), got {temperature}")
-    alpha = _checks.check_unit_interval("alpha", alpha)
-    if teacher_logits.shape != student_logits.shape or student_logits.dim() != 2:
-        raise _checks.ArgumentError(
-            f"student_logits and teacher_logits must both be (N, C); got "
-            f"{list(student_logits.shape)} and {list(teacher_logits.shape)}"
-        )
-    log_q = torch.log_softmax(teacher_logits.detach().to(acc) / temperature, dim=1)
-    q = log_q.exp()
-    # 0 log 0 = 0: a teacher logit of -inf (a masked class) has q = 0 and log q = -inf
-    teacher_entropy = -torch.where(q > 0, q * log_q, torch.zeros((), dtype=acc,
-                                                                  device=q.device)).sum(1)
-    cross = cross_entropy(student_logits, q, reduction="none", logit_scale=1.0 / temperature)
-    soft = temperature**2 * (cross - teacher_entropy)
-    if target is None:
-        per_row = soft
-        hard = None
+            f"student_logits must be (N, C), got {list(student_logits.shape)}")
+    n, num_classes = student_logits.shape
+    if topk:
+        index = _checks.check_topk_teacher(teacher_topk_indices, teacher_topk_log_probs, n,
+                                           num_classes, student_logits.device)
     else:
+        _checks.check_floating("teacher_logits", teacher_logits)
+        if teacher_logits.shape != student_logits.shape:
+            raise _checks.ArgumentError(
+                f"student_logits and teacher_logits must both be (N, C); got "
+                f"{list(student_logits.shape)} and {list(teacher_logits.shape)}")
+    valid = hard = None
+    if target is not None:
         hard = cross_entropy(student_logits, target, reduction="none", ignore_index=ignore_index)
-        per_row = alpha * soft + (1.0 - alpha) * hard
-    if reduction == "none":
-        return per_row
-    if reduction == "sum":
-        return per_row.sum()
-    if hard is None:
-        return soft.mean()
-    valid = (target != ignore_index).sum().to(acc)
-    return alpha * soft.mean() + (1.0 - alpha) * hard.sum() / valid
+        valid = target != ignore_index
+    scores = student_logits.to(acc) / temperature
+    if topk:
+        soft = topk_divergence_rows(scores.gather(1, index), torch.logsumexp(scores, 1),
+                                    teacher_topk_log_probs.detach(), tail, kind, beta)
+    elif kind == "forward_kl":
+        log_q = torch.log_softmax(teacher_logits.detach().to(acc) / temperature, dim=1)
+        # KL(q || p) = cross-entropy(p; q) - H(q); 0 log 0 = 0 at a masked teacher class
+        teacher_entropy = -_relative_entropy_terms(log_q, torch.zeros_like(log_q)).sum(1)
+        cross = cross_entropy(student_logits, log_q.exp(), reduction="none",
+                              logit_scale=1.0 / temperature)
+        soft = cross - teacher_entropy
+    else:
+        log_q = torch.log_softmax(teacher_logits.detach().to(acc) / temperature, dim=1)
+        soft = divergence_rows(torch.log_softmax(scores, 1), log_q, kind, beta)
+    rows = distillation_rows(soft, hard, valid, temperature, alpha)
+    return reduce_distillation(rows, valid, reduction)

@@ -101,6 +101,12 @@ BUDGETS: dict[tuple[str, str], int] = {
     # vocabulary). Still a tenth of the logits at 4096 x 151936 (TRL's buffer is 512 MiB).
     ("logprobs", "cpu"): 256 << 20,
     ("logprobs", "cuda"): 128 << 20,
+    # Fused distillation (crossent.distill): both heads' tiles and two scratch tiles (4
+    # buffers with a dense teacher). Whole rows of 128 tokens at a 152k vocabulary fit
+    # (one pair of matmuls per band, no recompute): 320 MiB, about 0.03x of the two heads'
+    # logits with their log-softmaxes at 4096 tokens (10 GB).
+    ("distill", "cpu"): 320 << 20,
+    ("distill", "cuda"): 1 << 30,
 }
 
 #: Whole rows are tiled only when at least this many fit (else bands of this many rows,

@@ -37,6 +37,7 @@ SUITES: dict[str, str] = {
     "parallel": "crossent.bench.suites.parallel",
     "margin": "crossent.bench.suites.margin",
     "retrieval": "crossent.bench.suites.retrieval",
+    "distill": "crossent.bench.suites.distill",
     # a Hugging Face causal LM patched by crossent.integrations.transformers
     "hf": "crossent.bench.suites.hf",
     # per-token log-probabilities and entropy (RL) against TRL's and verl's kernels
