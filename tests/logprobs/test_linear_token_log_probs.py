@@ -332,6 +332,42 @@ def test_extras_match_trl(monkeypatch):
     assert torch.equal(out.is_top1, top1) and top1.sum() >= 10
 
 
+@pytest.mark.parametrize("budget", [None, 6000], ids=["whole-rows", "tiles"])
+@pytest.mark.parametrize("softcap", [None, 4.0])
+def test_log_sum_sq_probs_and_capped_mean_match_float64(budget, softcap):
+    """The two extras that take one more forward pass each: log sum_v p_v^2 (over the
+    scores 2z) and, with a soft cap, the mean of the capped scores (lse minus the uniform
+    target's cross-entropy), against the float64 full logits."""
+    x, w, b, target, _ = _problem((3, 20), 16, 700, dtype=torch.float32, seed=21)
+    target[1, 5] = IGNORE
+    out = ce.linear_token_log_probs(x, w, target, linear_bias=b, temperature=0.6, softcap=softcap,
+                                    logit_scale=1.3, extras=("log_sum_sq_probs", "mean_logits"),
+                                    memory_budget=budget)
+    y = 1.3 * F.linear(x.double(), w.double(), b.double())
+    if softcap is not None:
+        y = softcap * torch.tanh(y / softcap)
+    z = y / 0.6
+    valid = target != IGNORE
+    log_p = torch.log_softmax(z, -1)
+    want_sq = torch.where(valid, torch.logsumexp(2 * log_p, -1), torch.zeros((), dtype=torch.float64))
+    want_mean = torch.where(valid, z.mean(-1), torch.zeros((), dtype=torch.float64))
+    torch.testing.assert_close(out.log_sum_sq_probs.double(), want_sq, rtol=1e-5, atol=2e-5)
+    torch.testing.assert_close(out.mean_logits.double(), want_mean, rtol=1e-5, atol=2e-5)
+    assert bool((out.log_sum_sq_probs <= 1e-6).all())  # sum p^2 <= 1
+    assert out.log_sum_sq_probs.grad_fn is None and out.mean_logits.grad_fn is None
+
+
+def test_log_sum_sq_probs_and_capped_mean_match_trl(monkeypatch):
+    fn = _trl_chunked_logprob(monkeypatch)
+    x, w, b, target, _ = _problem((32,), 16, 70, seed=22, ignored=0.0)
+    _, _, sq, mean, _ = fn.apply(x, w, b, target, 0.8, 16, 6.0, 1.2,
+                                 ("log_sum_sq_probs", "mean_logits"))
+    out = ce.linear_token_log_probs(x, w, target, linear_bias=b, temperature=0.8, softcap=6.0,
+                                    logit_scale=1.2, extras=("log_sum_sq_probs", "mean_logits"))
+    torch.testing.assert_close(out.log_sum_sq_probs, sq, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.mean_logits, mean, atol=1e-5, rtol=1e-5)
+
+
 # --- the Triton backend, under the interpreter -----------------------------------------------
 @pytest.fixture(scope="module")
 def triton_kernels():
@@ -427,8 +463,6 @@ def test_errors_name_the_argument():
         ce.linear_token_log_probs(x, w, target, softcap=-1.0)
     with pytest.raises(ArgumentError, match="logit_scale"):
         ce.linear_token_log_probs(x, w, target, logit_scale=0.0)
-    with pytest.raises(ArgumentError, match="mean_logits"):
-        ce.linear_token_log_probs(x, w, target, softcap=5.0, extras=("mean_logits",))
 
 
 def test_double_backward_raises():

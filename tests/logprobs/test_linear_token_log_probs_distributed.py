@@ -61,6 +61,8 @@ def _cases(world_size):
         _case("tiled_vocab", tiled, seed=5, hidden=8, memory_budget=4000),
         _case("extras", split, seed=6, top1_hits=4, extras=("mean_logits", "is_top1")),
         _case("softcap_scale", split, seed=7, softcap=2.0, logit_scale=1.4),
+        _case("extras_capped", split, seed=8, top1_hits=4, softcap=3.0,
+              extras=("mean_logits", "is_top1", "log_sum_sq_probs")),
     ]
 
 
@@ -84,6 +86,8 @@ def _job(rank, world_size, cases):
         extras = {}
         if "extras" in case["options"]:
             extras = dict(mean=out.mean_logits, top1=out.is_top1)
+            if out.log_sum_sq_probs is not None:
+                extras["sq"] = out.log_sum_sq_probs
             out = out[:2]
         lp, ent = out if case["entropy"] else (out, None)
         _loss(lp, ent, case).backward()
@@ -103,7 +107,8 @@ def _expected(case):
     log_p = torch.log_softmax(z, -1)
     target = case["target"]
     valid = target != IGNORE
-    extras = dict(mean=z.detach().mean(-1) * valid, top1=(z.argmax(-1) == target) & valid)
+    extras = dict(mean=z.detach().mean(-1) * valid, top1=(z.argmax(-1) == target) & valid,
+                  sq=torch.logsumexp(2 * log_p.detach(), -1) * valid)
     lp = log_p.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1) * valid
     ent = -(log_p.exp() * log_p).sum(-1) * valid if case["entropy"] else None
     _loss(lp, ent, case).backward()
@@ -138,6 +143,8 @@ def test_sharded_classes_match_one_float64_process(rank_pool, world_size):
             if "mean" in got:
                 torch.testing.assert_close(got["mean"], want["mean"], msg=msg)
                 assert torch.equal(got["top1"], want["top1"]) and want["top1"].sum() >= 3, msg
+            if "sq" in got:
+                torch.testing.assert_close(got["sq"], want["sq"], msg=msg)
             torch.testing.assert_close(got["x"], want["x"], msg=f"{msg}: grad x")
             torch.testing.assert_close(got["w"], _shard(want["w"], rank, split),
                                        msg=f"{msg}: grad w")

@@ -41,6 +41,8 @@ __all__ = ["FusedCausalLMOutput", "add_fused_lm_head", "apply", "revert", "is_ap
 
 #: The per-token fields of :class:`FusedCausalLMOutput`, in TRL's order.
 OUTPUTS = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
+#: The order of :class:`crossent.logprobs.TokenLogProbs`' fields.
+_FIELDS = ("log_probs", "entropy", "mean_logits", "is_top1", "log_sum_sq_probs")
 #: TRL's modules that import ``add_fused_lm_head`` by name (patched by :func:`apply`).
 TRAINER_MODULES = ("utils", "grpo_trainer", "rloo_trainer", "dpo_trainer", "kto_trainer",
                    "sft_trainer")
@@ -257,8 +259,9 @@ def add_fused_lm_head(model, temperature: float = 1.0, cast_lm_head_to_fp32: boo
                 softcap=softcap, logit_scale=logit_scale,
                 return_entropy="entropy" in outputs, extras=extras,
             )
-        fields = dict(zip(("log_probs", "entropy") + extras, result
-                          if isinstance(result, tuple) else (result,)))
+        if isinstance(result, torch.Tensor):
+            result = (result,)
+        fields = {name: value for name, value in zip(_FIELDS, result) if value is not None}
         # masked_scatter keeps an all-masked micro-batch connected to the graph
         per_token = {name: None if name not in fields else
                      fields[name].new_zeros(mask.shape).masked_scatter(mask, fields[name])

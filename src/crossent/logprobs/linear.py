@@ -33,7 +33,7 @@ __all__ = ["linear_token_log_probs", "TokenLogProbs", "EXTRAS"]
 _CONTEXT = "crossent.linear_token_log_probs"
 
 #: the per-token monitoring values ``extras=`` may ask for (TRL's names; no gradient)
-EXTRAS = ("mean_logits", "is_top1")
+EXTRAS = ("mean_logits", "is_top1", "log_sum_sq_probs")
 
 
 class TokenLogProbs(NamedTuple):
@@ -44,6 +44,7 @@ class TokenLogProbs(NamedTuple):
     entropy: torch.Tensor | None
     mean_logits: torch.Tensor | None
     is_top1: torch.Tensor | None
+    log_sum_sq_probs: torch.Tensor | None = None
 
 
 def _check_extras(extras) -> tuple[str, ...]:
@@ -129,10 +130,12 @@ def linear_token_log_probs(
             rank returns the global values; the weight and bias get their slice of the
             global gradient, ``input`` the full one.
         extras: per-token monitoring values of TRL's ``add_fused_lm_head``, without
-            gradient, 0 / False at ignored positions: ``'mean_logits'`` (``mean_v z_v``,
-            at the temperature: one matrix-vector product) and ``'is_top1'`` (whether the
-            target is the first argmax: the argmax statistic of the same pass);
-            ``'mean_logits'`` with ``softcap`` is not supported.
+            gradient, 0 / False at ignored positions: ``'mean_logits'`` (``mean_v z_v``:
+            one matrix-vector product; with ``softcap``, one more forward pass, as
+            ``lse - (the cross-entropy of the uniform target)``), ``'is_top1'`` (whether
+            the target is the first argmax: the argmax statistic of the same pass) and
+            ``'log_sum_sq_probs'`` (``log sum_v p_v^2 = lse(2 z) - 2 lse(z)``: one more
+            forward pass, over the scores ``2 z``).
         logit_scale: a finite number ``> 0`` the scores are multiplied by first (e.g.
             Cohere's ``logit_scale``).
         softcap: ``cap > 0`` for Gemma 2's final-logit soft-capping, None (or ``math.inf``)
@@ -144,7 +147,8 @@ def linear_token_log_probs(
     Returns:
         ``log_probs``, or ``(log_probs, entropy)`` with ``return_entropy=True``; float32
         for half-precision input, else the input's dtype. With ``extras``, a
-        :class:`TokenLogProbs` ``(log_probs, entropy, mean_logits, is_top1)``, None where
+        :class:`TokenLogProbs` ``(log_probs, entropy, mean_logits, is_top1,
+        log_sum_sq_probs)``, None where
         not asked for. Gradients reach ``input``,
         ``linear_weight`` and ``linear_bias`` from any upstream gradient of either output.
         Double backward is not supported and raises.
@@ -167,7 +171,10 @@ def linear_token_log_probs(
     _checks.check_no_transform(_CONTEXT)
     parallel = D.spans_ranks(group)  # a one-rank group is no group
 
-    def validate():
+    def validate(factor: float = 1.0, smoothing: float = 0.0):
+        """The checked arguments and tile plan; ``factor`` scales the scores ``z`` (the
+        extras' passes over ``2 z``), ``smoothing`` the label smoothing (1: the uniform
+        target, whose loss is ``lse - mean z``)."""
         _checks.check_floating("input", input)
         if input.dim() < 1:
             raise _checks.ArgumentError("input must have shape (..., H), got a 0-d tensor")
@@ -175,20 +182,17 @@ def linear_token_log_probs(
                                                 accumulation_dtype(input.dtype))
         _, _, cap, ls = _checks.check_logit_options(0.0, 0.0, softcap, logit_scale)
         # softcap(ls y) / T = (cap / T) tanh((ls / T) y / (cap / T)): one score transform
-        scale, cap = ls * inv_t, None if cap is None else cap * inv_t
+        scale, cap = ls * inv_t * factor, None if cap is None else cap * inv_t * factor
         index = _checks.check_int("ignore_index", ignore_index)
         if not isinstance(return_entropy, bool):
             raise _checks.ArgumentTypeError(
                 f"return_entropy must be a bool, got {type(return_entropy).__name__}")
-        if "mean_logits" in _check_extras(extras) and cap is not None:
-            raise _checks.ArgumentError(
-                "extras=('mean_logits',) with softcap is not supported: the mean of capped "
-                f"scores is not linear in the hidden states (got softcap={softcap})")
+        _check_extras(extras)
         flat = _checks.check_class_index_target(
             target, input.shape[:-1], 0, index, input.device,
             shape_hint=" (input.shape[:-1])", bounds=False).reshape(-1)
         a = _linear_args(input.reshape(-1, input.shape[-1]), linear_weight, flat, linear_bias,
-                         None, "none", index, 0.0, 0.0, cap, scale, "zero", backend,
+                         None, "none", index, smoothing, 0.0, cap, scale, "zero", backend,
                          check_bounds=not parallel)
         budget = default_budget("logprobs", input.device) if memory_budget is None \
             else memory_budget
@@ -198,18 +202,26 @@ def linear_token_log_probs(
     # (a bad extras argument raises in validate(), on every rank)
     top1 = isinstance(extras, (tuple, list)) and "is_top1" in extras
     stats = bool(return_entropy is True or top1)  # the op's entropy (and argmax) statistics
-    if parallel:
-        loss, _, ent, best, a = parallel_linear_cross_entropy(
-            input.reshape(-1, input.shape[-1]), linear_weight, linear_bias, None, validate,
-            return_stats=stats, all_ignored="zero", group=group,
-            entropy_grad=return_entropy, argmax=top1, agree_on={"extras": sorted(extras)})
-    else:
-        a, plan = validate()
-        loss, _, ent, best, _, _, _ = linear_ce_op(
-            a.x, linear_weight, linear_bias, a.index, None, None, a.ignore_index, 0.0, "none",
-            0.0, a.softcap, a.logit_scale, "zero", plan.rows, plan.cols, a.backend,
-            stats, a.need_x, a.need_w, a.need_b, entropy_grad=return_entropy, argmax=top1,
+    def run(factor=1.0, smoothing=0.0, stats=False, entropy_grad=False, argmax=False):
+        """``(loss, lse, entropy, argmax, args)`` of one pass of the engine (or its group=
+        path) over the scores ``factor * z``."""
+        if parallel:
+            return parallel_linear_cross_entropy(
+                input.reshape(-1, input.shape[-1]), linear_weight, linear_bias, None, lambda: validate(factor, smoothing),
+                return_stats=stats, all_ignored="zero", group=group, entropy_grad=entropy_grad,
+                argmax=argmax, agree_on={"extras": sorted(extras)})
+        a, plan = validate(factor, smoothing)
+        loss, lse, ent, best, _, _, _ = linear_ce_op(
+            a.x, linear_weight, linear_bias, a.index, None, None, a.ignore_index, a.label_smoothing,
+            "none", 0.0, a.softcap, a.logit_scale, "zero", plan.rows, plan.cols, a.backend,
+            stats, a.need_x, a.need_w, a.need_b, entropy_grad=entropy_grad, argmax=argmax,
         )
+        return loss, lse, ent, best, a
+
+    # (a bad extras argument raises in validate(), on every rank)
+    top1 = isinstance(extras, (tuple, list)) and "is_top1" in extras
+    stats = bool(return_entropy is True or top1)  # the op's entropy (and argmax) statistics
+    loss, lse, ent, best, a = run(stats=stats, entropy_grad=return_entropy, argmax=top1)
     shape = target.shape
     log_probs = (0.0 - loss).reshape(shape)  # 0 - 0 = +0 at ignored positions
     if not (return_entropy or extras):
@@ -219,9 +231,18 @@ def linear_token_log_probs(
     entropy = torch.where(valid, ent, zero).reshape(shape) if return_entropy else None
     if not extras:
         return log_probs, entropy
-    mean = None
+    mean = square = None
     if "mean_logits" in extras:
-        mean = _mean_logits(a.x, linear_weight, linear_bias, a.logit_scale, group)
+        if a.softcap is None:  # linear in the hidden states: no pass over the classes
+            mean = _mean_logits(a.x, linear_weight, linear_bias, a.logit_scale, group)
+        else:  # the uniform target's cross-entropy is lse - mean z: one forward pass
+            with torch.no_grad():
+                uniform, lse_z = run(smoothing=1.0)[:2]
+            mean = lse_z - uniform
         mean = torch.where(valid, mean, zero).reshape(shape)
+    if "log_sum_sq_probs" in extras:  # log sum p^2 = lse(2 z) - 2 lse(z): one forward pass
+        with torch.no_grad():
+            lse_2z = run(factor=2.0)[1]
+        square = torch.where(valid, lse_2z - 2 * lse.detach(), zero).reshape(shape)
     is_top1 = ((best == a.index) & valid).reshape(shape) if top1 else None
-    return TokenLogProbs(log_probs, entropy, mean, is_top1)
+    return TokenLogProbs(log_probs, entropy, mean, is_top1, square)
