@@ -72,3 +72,49 @@ def test_fsdp2_sharded_head_gradients_equal_one_process(rank_pool):
         for rank, r in enumerate(results):
             torch.testing.assert_close(r["grads"][name], p.grad, rtol=1e-4, atol=1e-6,
                                        msg=lambda m: f"rank {rank} {name}: {m}")
+
+
+class _Net(torch.nn.Module):
+    """A body and an output layer, the log-probabilities taken straight from the head's
+    weight (a DTensor when the head is wrapped on its own)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.body = torch.nn.Linear(6, 12)
+        self.head = torch.nn.Linear(12, 30)
+
+    def forward(self, x, y):
+        import crossent
+
+        lp, ent = crossent.linear_token_log_probs(
+            torch.tanh(self.body(x)), self.head.weight, y, linear_bias=self.head.bias,
+            temperature=0.8, return_entropy=True)
+        return -lp.mean() + 0.1 * ent.mean()
+
+
+def _net_data(rank):
+    g = torch.Generator().manual_seed(70 + rank)
+    return torch.randn(5 + 2 * rank, 6, generator=g), torch.randint(0, 30, (5 + 2 * rank,), generator=g)
+
+
+def _net_job(rank, world_size, _):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (world_size,))
+    net = _Net()
+    fully_shard(net.head, mesh=mesh)
+    fully_shard(net, mesh=mesh)
+    net(*_net_data(rank)).backward()
+    return {k: p.grad.full_tensor() for k, p in net.named_parameters()}
+
+
+def test_linear_token_log_probs_takes_an_fsdp2_sharded_weight(rank_pool):
+    results = rank_pool(2).run(_net_job, None)
+    oracle = _Net()
+    (sum(oracle(*_net_data(r)) for r in range(2)) / 2).backward()
+    for name, p in oracle.named_parameters():
+        for rank, grads in enumerate(results):
+            torch.testing.assert_close(grads[name], p.grad, rtol=1e-5, atol=1e-7,
+                                       msg=lambda m: f"rank {rank} {name}: {m}")

@@ -663,6 +663,49 @@ def scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
     return x
 
 
+def unshard_parameter(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A parameter sharded by FSDP2 (a ``DTensor`` after ``fully_shard``) gathered whole,
+    its gradient averaged over the mesh as FSDP2 averages every other gradient; a plain
+    tensor (or None) as it is.
+
+    ::
+
+        forward:  w = all_gather(shards)          backward: g_shard = reduce_scatter(g) / ranks
+
+    ``DTensor.full_tensor()`` alone is not enough: its backward treats the gathered
+    tensor as replicated (the same gradient on every rank) and hands each rank the slice
+    of its own gradient, so with different tokens per rank the other ranks' tokens are
+    lost. The gathered tensor's gradient is declared ``Partial("avg")`` instead, which
+    the backward reduce-scatters into the shard (on every mesh dimension, so HSDP too).
+
+    Args:
+        t: a tensor, a ``DTensor`` or None.
+    Returns:
+        A plain tensor (or None).
+    Example:
+        >>> import torch
+        >>> from crossent.core.collectives import unshard_parameter
+        >>> w = torch.ones(3, 2)
+        >>> unshard_parameter(w) is w, unshard_parameter(None)
+        (True, None)
+
+    References:
+        Zhao et al., "PyTorch FSDP: Experiences on Scaling Fully Sharded Data Parallel",
+        2023 (FSDP2's ``fully_shard`` averages gradients over the data-parallel ranks).
+    """
+    if t is None:
+        return None
+    try:
+        from torch.distributed.tensor import DTensor, Partial, Replicate
+    except ImportError:  # pragma: no cover - a torch without DTensor
+        return t
+    if not isinstance(t, DTensor):
+        return t
+    ndim = t.device_mesh.ndim
+    return t.redistribute(placements=[Replicate()] * ndim).to_local(
+        grad_placements=[Partial("avg")] * ndim)
+
+
 # ------------------------------------------------------------------- agreement
 
 

@@ -98,8 +98,12 @@ BUDGETS: dict[tuple[str, str], int] = {
     # 'linear_recompute', two buffers with the entropy, and taller bands pay: at N=512,
     # H=1024, V=32000 fp32 on a busy 2-core CPU, forward + backward through both outputs
     # took 4.9 s at 16 MiB, 3.9 s at 64 MiB, 3.1 s at 256 MiB (whole rows: 220 of a 152k
-    # vocabulary). Still a tenth of the logits at 4096 x 151936 (TRL's buffer is 512 MiB).
-    ("logprobs", "cpu"): 256 << 20,
+    # vocabulary). At N=4096, H=1024, V=151936 (an otherwise idle 2-core Xeon) the four
+    # matmuls dominate, and taller bands make them faster: the logits' matmul took 6.0 s in
+    # bands of 220 rows (256 MiB), 4.8 s in bands of 880 (1 GiB); forward + backward
+    # through both outputs, medians 24.7 s at 256 MiB and 22.6 s at 1 GiB. 1 GiB is 0.09x of
+    # those logits (11.9 GB with their log-softmax); TRL's buffer is 512 MiB.
+    ("logprobs", "cpu"): 1 << 30,
     ("logprobs", "cuda"): 128 << 20,
     # Fused distillation (crossent.distill): both heads' tiles and two scratch tiles (4
     # buffers with a dense teacher). Whole rows of 128 tokens at a 152k vocabulary fit

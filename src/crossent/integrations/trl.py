@@ -120,30 +120,6 @@ def _gather_context():
     return maybe_gather_lm_head_ctx
 
 
-def _full(t):
-    """A parameter sharded by FSDP2 (a DTensor after ``fully_shard``) gathered whole, its
-    gradient averaged over the mesh as FSDP2 averages every other gradient; anything else
-    as is.
-
-    ``DTensor.full_tensor()`` is not enough: its backward hands each rank the slice of
-    its own rank's gradient (a replicated tensor's gradient is taken to be equal on every
-    rank), so with different tokens per rank the head's gradient misses the other ranks'
-    tokens. The gathered tensor's gradient is declared ``Partial("avg")`` instead, which
-    FSDP2 reduce-scatters into the shard.
-    """
-    if t is None:
-        return None
-    try:
-        from torch.distributed.tensor import DTensor, Partial, Replicate
-    except ImportError:  # pragma: no cover - torch without DTensor
-        return t
-    if not isinstance(t, DTensor):
-        return t
-    ndim = t.device_mesh.ndim
-    return t.redistribute(placements=[Replicate()] * ndim).to_local(
-        grad_placements=[Partial("avg")] * ndim)
-
-
 def _aux_loss(model, text_config, backbone_outputs, attention_mask):
     """The MoE load-balancing loss, as the model's own forward (and TRL) computes it."""
     from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
@@ -249,7 +225,8 @@ def add_fused_lm_head(model, temperature: float = 1.0, cast_lm_head_to_fp32: boo
         if cast_lm_head_to_fp32:
             hidden = hidden.float()
             autocast = torch.autocast(hidden.device.type, enabled=False)
-        weight, bias = _full(lm_head.weight), _full(lm_head.bias)
+        # an FSDP2-sharded head (DTensor) is gathered by linear_token_log_probs
+        weight, bias = lm_head.weight, lm_head.bias
         with autocast, gather(weight, bias):
             if cast_lm_head_to_fp32:
                 weight = weight.float()

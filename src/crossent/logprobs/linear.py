@@ -111,7 +111,9 @@ def linear_token_log_probs(
 
     Args:
         input: hidden states ``x``, floating point.
-        linear_weight: the output layer's weight ``W``, the input's dtype.
+        linear_weight: the output layer's weight ``W``, the input's dtype; a ``DTensor``
+            sharded by FSDP2's ``fully_shard`` is gathered, its gradient averaged over the
+            ranks as FSDP2 averages the others (:func:`crossent.core.collectives.unshard_parameter`).
         target: class indices (int64 or uint8) in ``[0, V)`` or ``ignore_index``.
         linear_bias: optional output-layer bias ``b``.
         temperature: a finite number ``> 0`` the logits are divided by.
@@ -119,9 +121,10 @@ def linear_token_log_probs(
         return_entropy: also return the entropy of each position's distribution
             (differentiable).
         memory_budget: bytes bounding the float32 logit tiles (two tile-sized buffers
-            with the entropy: its terms, its gradient's coefficients). Default 256 MiB,
-            128 MiB on CUDA (:data:`crossent.core.tiles.BUDGETS` ``"logprobs"``): tall
-            bands, whole rows of a 152k vocabulary, a tenth of the logits at 4096 tokens.
+            with the entropy: its terms, its gradient's coefficients). Default 1 GiB on
+            the CPU, 128 MiB on CUDA (:data:`crossent.core.tiles.BUDGETS` ``"logprobs"``):
+            tall bands (880 whole rows of a 152k vocabulary on the CPU), whose matmuls run
+            faster, still a tenth of the logits at 4096 tokens.
         backend: ``'auto'`` (Triton on CUDA, PyTorch elsewhere), ``'torch'`` or ``'triton'``.
         group: a ``torch.distributed`` process group over which the *classes* are sharded,
             as :func:`crossent.linear_cross_entropy`: ``input`` and ``target`` (global
@@ -170,6 +173,8 @@ def linear_token_log_probs(
     """
     _checks.check_no_transform(_CONTEXT)
     parallel = D.spans_ranks(group)  # a one-rank group is no group
+    # an FSDP2-sharded output layer (DTensor) gathered, its gradient averaged as FSDP2's
+    linear_weight, linear_bias = D.unshard_parameter(linear_weight), D.unshard_parameter(linear_bias)
 
     def validate(factor: float = 1.0, smoothing: float = 0.0):
         """The checked arguments and tile plan; ``factor`` scales the scores ``z`` (the
