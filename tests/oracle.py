@@ -74,3 +74,15 @@ def statistics(logits, *, logit_scale=1.0, softcap=None):
     logp = torch.log_softmax(z, c_dim)
     return (torch.logsumexp(z, c_dim).detach(), -(logp.exp() * logp).sum(c_dim).detach(),
             z.argmax(c_dim))
+
+
+def token_log_probs(logits, target, temperature=1.0, ignore_index=-100):
+    """float64 ``log p[target]`` and entropy of ``softmax(logits / temperature)`` via
+    ``torch.log_softmax``; 0 at ignored positions."""
+    log_p = torch.log_softmax(logits.double() / temperature, -1)
+    valid = target != ignore_index
+    safe = torch.where(valid, target, torch.zeros_like(target))
+    lp = log_p.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    ent = -(log_p.exp() * log_p).sum(-1)
+    zero = torch.zeros((), dtype=torch.float64)
+    return torch.where(valid, lp, zero), torch.where(valid, ent, zero)

@@ -11,14 +11,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 import contrastive_reference as ref
 import crossent as ce
 from crossent import contrastive
 from crossent.core import tiles
 from crossent.kernels import similarity
+from tensor_probe import LargestTensor
 
 D = torch.float64
 TILES = [dict(tile_rows=1, tile_cols=1), dict(tile_rows=2, tile_cols=3), dict(tile_rows=5, tile_cols=4), {}]
@@ -283,21 +282,6 @@ def test_modules_equal_functions():
 # ------------------------------------------------------------------ the tiles
 
 
-class _Sizes(TorchDispatchMode):
-    """Largest number of elements of any tensor an ATen op produces."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
-        return out
-
-
 @pytest.mark.parametrize("loss_fn", ["clip", "siglip", "nt_xent", "supcon", "info_nce"])
 def test_never_forms_the_batch_by_batch_matrix(loss_fn):
     n, d = 384, 8
@@ -310,13 +294,13 @@ def test_never_forms_the_batch_by_batch_matrix(loss_fn):
         "supcon": lambda: ce.supcon_loss(torch.stack([img, txt], 1), torch.arange(n) % 5, **tiles),
         "info_nce": lambda: ce.info_nce(img, txt, **tiles),
     }[loss_fn]
-    probe = _Sizes()
+    probe = LargestTensor()
     with probe:
         run().backward()
     # Features (2n x d at most) and tiles (32 x 48) only; 2n x 2n would be 589824.
     assert probe.largest <= max(2 * n * d, 32 * 48)
     # The probe sees the matrix when it is formed: the written-out formula does.
-    probe = _Sizes()
+    probe = LargestTensor()
     with probe:
         ref.siglip(img[:64], txt[:64], 10.0, -5.0)
     assert probe.largest >= 64 * 64

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from test_token_log_probs import _trl_chunked_logprob, _verl_torch_functional
 
 import crossent as ce
+import oracle
 from crossent import ArgumentError, ArgumentTypeError, TargetIndexError
 from crossent.core.tiles import plan_tiles
 
@@ -31,13 +32,7 @@ USES = {"both": (1.0, 1.0), "log_probs": (1.0, 0.0), "entropy": (0.0, 1.0)}
 def _reference(x, w, b, target, temperature=1.0, ignore_index=IGNORE):
     """float64 log p[target] and entropy from the full logits; 0 at ignored positions."""
     logits = F.linear(x.double(), w.double(), None if b is None else b.double())
-    log_p = torch.log_softmax(logits / temperature, -1)
-    valid = target != ignore_index
-    safe = torch.where(valid, target, torch.zeros_like(target))
-    lp = log_p.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
-    ent = -(log_p.exp() * log_p).sum(-1)
-    zero = torch.zeros((), dtype=torch.float64)
-    return torch.where(valid, lp, zero), torch.where(valid, ent, zero)
+    return oracle.token_log_probs(logits, target, temperature, ignore_index)
 
 
 def _problem(shape, hidden, vocab, dtype=torch.float32, seed=0, ignored=0.2, bias=True):

@@ -14,12 +14,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 import crossent as ce
 from crossent import ArgumentError, ArgumentTypeError
 from crossent.kernels import similarity as sim
+from tensor_probe import LargestTensor
 
 D = torch.float64
 
@@ -268,19 +267,6 @@ def test_inputs_are_not_modified():
 # ------------------------------------------------------------------ memory
 
 
-class _LargestTensor(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
-        return out
-
-
 def test_never_forms_the_logits():
     """With a small tile budget, no tensor made in the forward or the backward holds the
     ``B x (B + M)`` logits (nor a tenth of them); the plain formula does."""
@@ -291,12 +277,12 @@ def test_never_forms_the_logits():
     pool = torch.randn(m, d, generator=g, requires_grad=True)
     ids, pool_ids = torch.randint(0, 50, (b,), generator=g), torch.randint(0, 50, (m,), generator=g)
     lq, plq = -torch.rand(b, generator=g), -torch.rand(m, generator=g)
-    with _LargestTensor() as probe:
+    with LargestTensor() as probe:
         ce.sampled_softmax_loss(q, items, item_ids=ids, item_log_q=lq, negatives=pool,
                                 negative_ids=pool_ids, negative_log_q=plq,
                                 memory_budget=3 * 1024).backward()
     assert probe.largest < b * (b + m) // 10, probe.largest
-    with _LargestTensor() as plain:
+    with LargestTensor() as plain:
         reference(q, items, ids, lq, pool, pool_ids, plq).backward()
     assert plain.largest >= b * (b + m)  # the probe sees the logits when they exist
 

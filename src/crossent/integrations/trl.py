@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import math
 import types
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ import transformers
 from packaging.version import Version
 from transformers.utils import ModelOutput
 
-from ..core.checks import ArgumentError, ArgumentTypeError
+from ..core.checks import ArgumentError, ArgumentTypeError, check_bool, check_temperature
 from ..logprobs.linear import linear_token_log_probs
 
 __all__ = ["FusedCausalLMOutput", "add_fused_lm_head", "apply", "revert", "is_applied"]
@@ -81,12 +80,8 @@ def _check_arguments(model, temperature, cast_lm_head_to_fp32, outputs) -> tuple
         raise ArgumentTypeError(
             "model must be a transformers PreTrainedModel with an output layer "
             f"(get_output_embeddings), got {type(model).__name__}")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-            or not math.isfinite(temperature) or temperature <= 0:
-        raise ArgumentError(f"temperature must be a finite number > 0, got {temperature!r}")
-    if not isinstance(cast_lm_head_to_fp32, bool):
-        raise ArgumentTypeError(
-            f"cast_lm_head_to_fp32 must be a bool, got {type(cast_lm_head_to_fp32).__name__}")
+    check_temperature("temperature", temperature)
+    check_bool("cast_lm_head_to_fp32", cast_lm_head_to_fp32)
     if isinstance(outputs, str) or not all(isinstance(o, str) for o in outputs):
         raise ArgumentTypeError(f"outputs must be a tuple of field names among {OUTPUTS}, "
                                 f"got {outputs!r}")

@@ -13,6 +13,7 @@ import torch
 from ..core.checks import (
     ArgumentError,
     ArgumentTypeError,
+    check_bool,
     check_class_index_target,
     check_floating,
     check_int,
@@ -89,9 +90,7 @@ def token_log_probs(
     _check_logits(logits)
     temperature = check_temperature("temperature", temperature, accumulation_dtype(logits.dtype))
     ignore_index = check_int("ignore_index", ignore_index)
-    if not isinstance(return_entropy, bool):
-        raise ArgumentTypeError(
-            f"return_entropy must be a bool, got {type(return_entropy).__name__}")
+    check_bool("return_entropy", return_entropy)
     num_classes = logits.shape[-1]
     target = check_class_index_target(target, logits.shape[:-1], num_classes, ignore_index,
                                       logits.device, shape_hint=" (logits.shape[:-1])")

@@ -189,9 +189,7 @@ def linear_token_log_probs(
         # softcap(ls y) / T = (cap / T) tanh((ls / T) y / (cap / T)): one score transform
         scale, cap = ls * inv_t * factor, None if cap is None else cap * inv_t * factor
         index = _checks.check_int("ignore_index", ignore_index)
-        if not isinstance(return_entropy, bool):
-            raise _checks.ArgumentTypeError(
-                f"return_entropy must be a bool, got {type(return_entropy).__name__}")
+        _checks.check_bool("return_entropy", return_entropy)
         _check_extras(extras)
         flat = _checks.check_class_index_target(
             target, input.shape[:-1], 0, index, input.device,

@@ -103,12 +103,6 @@ def _gradient(value: str) -> bool:
     return _checks.check_choice("gradient", value, GRADIENTS) == "straight_through"
 
 
-def _flag(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise _checks.ArgumentTypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
-    return value
-
-
 def _centers(value) -> int:
     value = _checks.check_int("centers", value)
     if value < 1:
@@ -118,7 +112,7 @@ def _centers(value) -> int:
 
 def _arcface(scale=64.0, margin=0.5, easy_margin=False, gradient="exact", centers=1):
     return MarginSpec("arcface", _scale(scale), m2=_in_range("margin", margin, 0.0, math.pi),
-                      easy_margin=_flag("easy_margin", easy_margin),
+                      easy_margin=_checks.check_bool("easy_margin", easy_margin),
                       straight_through=_gradient(gradient), centers=_centers(centers))
 
 
